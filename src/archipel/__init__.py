@@ -1,0 +1,11 @@
+"""archipel: a control plane for machine learning across clouds, on-prem data centres and edge sites.
+
+The public surface is pinned in ``__all__`` (a test checks it). Importing this package imports nothing
+heavy: no pydantic models, no SQLAlchemy, no SDKs.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
