@@ -1,0 +1,280 @@
+"""The ``archipel`` command. Thin: parse, call one service, render.
+
+Only typer is imported at module level: ``archipel --help`` must not pay for pydantic, SQLAlchemy or any
+SDK (a test checks ``sys.modules``). Each command imports the services it calls when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from archipel.workspace import Workspace
+
+app = typer.Typer(
+    name="archipel",
+    help="archipel: plan, run, register, replicate, serve and monitor ML across clouds, on-prem and edge sites.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+sites_app = typer.Typer(help="Sites: list them, check their storage and compute.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+
+WorkspaceOpt = Annotated[
+    Optional[Path],  # noqa: UP045 - typer reads the annotation at run time
+    typer.Option("--workspace", "-w", help="Workspace directory (default: $ARCHIPEL_WORKSPACE, then upward from here)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class _State:
+    workspace_path: Path | None = None
+
+
+def _workspace(explicit: Path | None = None) -> Workspace:
+    from archipel.workspace import load_workspace
+
+    return load_workspace(explicit or _State.workspace_path)
+
+
+def _engine(workspace: Workspace) -> Engine:
+    from archipel.db import connect
+
+    return connect(workspace.db_url)
+
+
+def _print_json(data: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def _root(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from archipel import __version__
+
+        typer.echo(f"archipel {__version__}")
+        raise typer.Exit()
+    _State.workspace_path = workspace
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory for the workspace.")] = Path("."),
+    demo: Annotated[bool, typer.Option("--demo", help="Three local sites standing in for two clouds and on-prem.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing archipel.yaml.")] = False,
+) -> None:
+    """Create a workspace (archipel.yaml, state folder, site folders) and apply it."""
+    from archipel.cli import render
+    from archipel.services.apply import apply_plan, plan_apply
+    from archipel.services.init import init_workspace
+
+    workspace = init_workspace(path, demo=demo, force=force)
+    engine = _engine(workspace)
+    apply_plan(workspace, engine, plan_apply(workspace, engine))
+    render.console().print(
+        f"Created {workspace.file} with {len(workspace.spec.sites)} site(s); next: "
+        f"[bold]archipel -w {workspace.root} sites check[/bold]"
+    )
+
+
+@app.command()
+def apply(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff only.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate archipel.yaml and sync it into the metadata store, showing the diff first."""
+    from archipel.cli import render
+    from archipel.services.apply import apply_plan, plan_apply
+
+    workspace = _workspace()
+    engine = _engine(workspace)
+    plan = plan_apply(workspace, engine)
+    if as_json:
+        _print_json(render.apply_plan_json(plan))
+    else:
+        render.apply_plan(plan)
+    if plan.empty or dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            from archipel.errors import UserError
+
+            raise UserError("refusing to apply without confirmation on a non-interactive terminal; pass --yes")
+        typer.confirm("Apply these changes?", abort=True)
+    apply_plan(workspace, engine, plan)
+    if not as_json:
+        counts = plan.counts()
+        render.console().print(
+            f"Applied: {counts['add']} added, {counts['change']} changed, {counts['remove']} removed."
+        )
+
+
+@sites_app.command("ls")
+def sites_ls(as_json: JsonOpt = False) -> None:
+    """List sites: provider, region, jurisdiction, storage, compute, capacity, health."""
+    from archipel.cli import render
+    from archipel.services.sites import list_sites
+
+    workspace = _workspace()
+    views, pending = list_sites(workspace, _engine(workspace))
+    if as_json:
+        _print_json([v.as_json() for v in views])
+        return
+    render.sites_table(views)
+    if pending:
+        render.console().print("[yellow]archipel.yaml has changes that are not applied: run `archipel apply`.[/]")
+
+
+@sites_app.command("check")
+def sites_check(
+    sites: Annotated[Optional[list[str]], typer.Argument(help="Sites to check (default: all).")] = None,  # noqa: UP045
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each site's probe process.")] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write/read/delete a probe object in each site's storage and run a trivial process on its compute."""
+    from archipel.cli import render
+    from archipel.services.sites import check_sites
+
+    workspace = _workspace()
+    results = check_sites(workspace, _engine(workspace), sites or None, timeout_s=timeout)
+    if as_json:
+        _print_json([r.as_json() for r in results])
+    else:
+        render.checks_table(results)
+    if not all(r.health == "healthy" for r in results):
+        raise typer.Exit(code=9)
+
+
+@app.command()
+def offers(
+    cpus: Annotated[float, typer.Option(help="vCPUs needed.")] = 1,
+    memory: Annotated[str, typer.Option(help="Memory needed: GiB or a size like 16GiB.")] = "0",
+    accelerator: Annotated[Optional[str], typer.Option(help="Accelerator NAME[:COUNT], e.g. A100:1.")] = None,  # noqa: UP045
+    spot: Annotated[bool, typer.Option("--spot", help="Spot/preemptible prices.")] = False,
+    site: Annotated[Optional[list[str]], typer.Option(help="Only these sites (repeatable).")] = None,  # noqa: UP045
+    provider: Annotated[Optional[list[str]], typer.Option(help="Only these providers (repeatable).")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cheapest offers across the workspace's sites that fit a request."""
+    from archipel.cli import render
+    from archipel.services.offers import find_offers
+
+    request = _offer_request(cpus, memory, accelerator, spot, site, provider)
+    workspace = _workspace()
+    rows = find_offers(workspace, request)
+    if as_json:
+        _print_json([r.as_json() for r in rows[:limit]])
+        return
+    render.offers_table(rows[:limit], request, total=len(rows))
+
+
+def _offer_request(
+    cpus: float,
+    memory: str,
+    accelerator: str | None,
+    spot: bool,
+    sites: list[str] | None,
+    providers: list[str] | None,
+) -> Any:
+    from archipel.errors import SpecError
+    from archipel.models.units import parse_size
+    from archipel.services.offers import OfferRequest
+
+    try:
+        memory_gib = parse_size(memory, default_unit="gib") / 2**30
+    except ValueError as exc:
+        raise SpecError(f"--memory: {exc}") from None
+    acc_name, acc_count = None, 0
+    if accelerator:
+        acc_name, _, count = accelerator.partition(":")
+        try:
+            acc_count = int(count) if count else 1
+        except ValueError:
+            raise SpecError(f"--accelerator {accelerator!r}: write NAME or NAME:COUNT, e.g. A100:1") from None
+        if acc_count < 1 or not acc_name:
+            raise SpecError(f"--accelerator {accelerator!r}: write NAME or NAME:COUNT with COUNT >= 1")
+    if cpus < 0:
+        raise SpecError("--cpus cannot be negative")
+    return OfferRequest(
+        cpus=cpus,
+        memory_gib=memory_gib,
+        accelerator=acc_name,
+        accelerator_count=acc_count,
+        spot=spot,
+        sites=tuple(sites or ()),
+        providers=tuple(providers or ()),
+    )
+
+
+@app.command()
+def schema(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file.")] = None,  # noqa: UP045
+) -> None:
+    """JSON schema of archipel.yaml, generated from the models (for editors and CI)."""
+    import json
+
+    from archipel.spec.schema import workspace_schema
+
+    text = json.dumps(workspace_schema(), indent=2) + "\n"
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    workspace: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--workspace", "-w", help="Where to build the demo workspace (default: a new temporary folder)."),
+    ] = None,
+    summary: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write the JSON summary of every figure here (default: in the workspace)."),
+    ] = None,
+) -> None:
+    """Tell archipel's story on local sites standing in for clouds; prints only figures it computed."""
+    from archipel.cli.demo import run_demo
+
+    ok = run_demo(workspace or _State.workspace_path, summary_path=summary)
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from archipel import __version__
+
+    typer.echo(f"archipel {__version__}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app and maps archipel's errors to one-paragraph messages and exit codes."""
+    from archipel.errors import ArchipelError, exit_code_for
+
+    try:
+        app(args=argv, prog_name="archipel")
+    except ArchipelError as err:
+        from archipel.cli import render
+
+        render.error(err)
+        sys.exit(exit_code_for(err))
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

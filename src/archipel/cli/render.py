@@ -1,0 +1,147 @@
+"""Rendering for the CLI: the only place that knows about Rich, colours and table layout."""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from archipel.services.apply import ApplyPlan
+    from archipel.services.offers import OfferRequest, SiteOffer
+    from archipel.services.sites import SiteCheck, SiteView
+
+__all__ = ["apply_plan", "checks_table", "console", "error", "offers_table", "sites_table"]
+
+_HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unreachable": "red", "unknown": "dim"}
+
+
+@cache
+def console() -> Console:
+    from archipel.settings import settings
+
+    return Console(no_color=settings().no_color, highlight=False, soft_wrap=False)
+
+
+@cache
+def _err_console() -> Console:
+    from archipel.settings import settings
+
+    return Console(stderr=True, no_color=settings().no_color, highlight=False)
+
+
+def error(err: BaseException) -> None:
+    """One paragraph on stderr: the error's class in plain words and its message; never a traceback."""
+    label = type(err).__name__
+    _err_console().print(f"[bold red]error[/] ({label}): {escape(str(err))}")
+
+
+def _money(value: float) -> str:
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _size(n: int) -> str:
+    from archipel.models.units import format_size
+
+    return format_size(n)
+
+
+def sites_table(views: list[SiteView]) -> None:
+    table = Table(title="Sites", title_justify="left")
+    for col in ("name", "provider", "region", "jurisdiction", "storage", "compute", "capacity", "health"):
+        table.add_column(col, no_wrap=col in ("name", "storage"))
+    for v in views:
+        cap = v.spec.capacity
+        capacity = f"{cap.cpus:g} cpu, {_size(cap.memory)}"
+        if cap.accelerators:
+            capacity += ", " + ", ".join(f"{k}:{n}" for k, n in cap.accelerators.items())
+        health = v.health if v.spec.enabled else "disabled"
+        style = _HEALTH_STYLE.get(health, "dim")
+        table.add_row(
+            escape(v.name),
+            v.spec.provider,
+            escape(v.spec.region),
+            v.spec.jurisdiction,
+            escape(v.spec.storage),
+            escape(v.spec.compute),
+            capacity,
+            f"[{style}]{health}[/]",
+        )
+    console().print(table)
+
+
+def checks_table(results: list[SiteCheck]) -> None:
+    table = Table(title="Site checks", title_justify="left")
+    for col in ("site", "health", "storage", "compute"):
+        table.add_column(col)
+    for r in results:
+        style = _HEALTH_STYLE.get(r.health, "dim")
+        storage = ("[green]ok[/] " if r.storage.ok else "[red]FAIL[/] ") + escape(r.storage.detail)
+        compute = ("[green]ok[/] " if r.compute.ok else "[red]FAIL[/] ") + escape(r.compute.detail)
+        table.add_row(escape(r.site), f"[{style}]{r.health}[/]", storage, compute)
+    console().print(table)
+
+
+def offers_table(rows: list[SiteOffer], request: OfferRequest, *, total: int) -> None:
+    what = f"{request.cpus:g} vCPU, {request.memory_gib:g} GiB"
+    if request.accelerator:
+        what += f", {request.accelerator}:{request.accelerator_count}"
+    kind = "spot" if request.spot else "on-demand"
+    table = Table(title=f"Offers for {what} ({kind}), cheapest first", title_justify="left")
+    for col in ("site", "jurisdiction", "instance", "vCPU", "memory", "accelerators", "$/hour", "source"):
+        table.add_column(col, justify="right" if col in ("vCPU", "memory", "$/hour") else "left")
+    for row in rows:
+        o = row.offer
+        acc = f"{o.accelerator}:{o.accelerator_count}" if o.accelerator else ""
+        table.add_row(
+            escape(row.site),
+            row.jurisdiction,
+            escape(o.instance_type),
+            f"{o.vcpus:g}",
+            f"{o.memory_gib:g} GiB",
+            acc,
+            _money(row.hourly),
+            f"[dim]{escape(o.source)} ({o.as_of})[/]",
+        )
+    console().print(table)
+    if not rows:
+        console().print("[yellow]No site offers that; try fewer resources, or --spot off, or add a site.[/]")
+    elif total > len(rows):
+        console().print(f"[dim]{total - len(rows)} more; raise --limit to see them.[/]")
+
+
+def apply_plan_json(plan: ApplyPlan) -> dict[str, Any]:
+    return {
+        "changes": [
+            {
+                "site": c.name,
+                "action": c.action,
+                "fields": [{"path": f.path, "old": f.old, "new": f.new} for f in c.fields],
+            }
+            for c in plan.changes
+        ],
+        "unchanged": list(plan.unchanged),
+    }
+
+
+def apply_plan(plan: ApplyPlan) -> None:
+    out = console()
+    if plan.empty:
+        out.print(f"No changes: the metadata store matches archipel.yaml ({len(plan.unchanged)} site(s)).")
+        return
+    marks = {"add": "[green]+[/]", "change": "[yellow]~[/]", "remove": "[red]-[/]"}
+    for change in plan.changes:
+        out.print(f"{marks[change.action]} site {escape(change.name)} ({change.action})")
+        if change.action == "change":
+            for f in change.fields:
+                out.print(f"    {escape(f.path)}: {escape(repr(f.old))} -> {escape(repr(f.new))}")
+    counts = plan.counts()
+    out.print(f"Plan: {counts['add']} to add, {counts['change']} to change, {counts['remove']} to remove.")
+
+
+def is_interactive() -> bool:
+    return sys.stdin.isatty()

@@ -1,0 +1,60 @@
+"""The one strict pydantic base every user-written model derives from."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+
+from archipel.models.units import parse_duration, parse_size
+
+__all__ = ["Bytes", "GiB", "Name", "Seconds", "StrictModel"]
+
+
+class StrictModel(BaseModel):
+    """Frozen, unknown keys refused, field docs become the JSON schema's descriptions."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        str_strip_whitespace=True,
+        use_attribute_docstrings=True,
+    )
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _to_bytes(value: Any) -> Any:
+    return parse_size(value) if isinstance(value, str | int | float) else value
+
+
+def _gib_to_bytes(value: Any) -> Any:
+    return parse_size(value, default_unit="gib") if isinstance(value, str | int | float) else value
+
+
+def _to_seconds(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str | int | float) else value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A resource name: lowercase letters, digits and '-' (like a DNS label)."""
+
+Bytes = Annotated[int, BeforeValidator(_to_bytes)]
+"""A size: ``'16GiB'``, ``'500MB'`` or a number of bytes."""
+
+GiB = Annotated[int, BeforeValidator(_gib_to_bytes)]
+"""A memory size: ``'16GiB'`` or a bare number of GiB; stored in bytes."""
+
+Seconds = Annotated[float, BeforeValidator(_to_seconds)]
+"""A duration: ``'30m'``, ``'2h'`` or a number of seconds."""

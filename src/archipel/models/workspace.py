@@ -1,0 +1,45 @@
+"""The workspace spec: what ``archipel.yaml`` holds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from archipel.models.common import Name, StrictModel
+from archipel.models.site import SiteSpec
+
+__all__ = ["CatalogSpec", "WorkspaceSpec"]
+
+
+class CatalogSpec(StrictModel):
+    """Price catalog additions: your own CSVs in SkyPilot's catalog columns."""
+
+    files: list[str] = Field(default_factory=list)
+    """CSV files (relative to the workspace) whose rows add to or replace the bundled prices."""
+
+
+class WorkspaceSpec(StrictModel):
+    """``archipel.yaml``: the sites of a team and how archipel treats them."""
+
+    version: Literal[1] = 1
+    """Spec format version."""
+    name: Name = "default"
+    """Workspace name, shown in reports."""
+    metadata_store: str | None = None
+    """SQLAlchemy URL of the metadata store; default a SQLite file in the state directory.
+    ARCHIPEL_DB_URL overrides it. Never write a password here: use ARCHIPEL_DB_URL."""
+    catalog: CatalogSpec = Field(default_factory=CatalogSpec)
+    sites: dict[Name, SiteSpec] = Field(default_factory=dict)
+    """Sites keyed by name (lowercase letters, digits, '-')."""
+
+    @field_validator("metadata_store")
+    @classmethod
+    def _no_password_in_file(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            netloc = value.split("://", 1)[1].split("/", 1)[0]
+            if "@" in netloc and ":" in netloc.split("@", 1)[0]:
+                raise ValueError(
+                    "metadata_store embeds a password; set ARCHIPEL_DB_URL in the environment instead"
+                )
+        return value
