@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from archipel.db.engine import make_engine, redact_url, session_scope
-from archipel.db.migrate import current_revision, head_revision, migrate, connect
+from archipel.db.migrate import connect, current_revision, downgrade, head_revision, migrate
 
-__all__ = ["current_revision", "head_revision", "make_engine", "migrate", "connect", "redact_url", "session_scope"]
+__all__ = [
+    "connect",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "make_engine",
+    "migrate",
+    "redact_url",
+    "session_scope",
+]

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from archipel.db.engine import make_engine
 
-__all__ = ["current_revision", "head_revision", "migrate", "connect"]
+__all__ = ["connect", "current_revision", "downgrade", "head_revision", "migrate"]
 
 
 def _config() -> Config:
@@ -47,3 +47,11 @@ def connect(url: str) -> Engine:
     engine = make_engine(url)
     migrate(engine)
     return engine
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the schema to ``revision`` (``"base"`` drops every table archipel made)."""
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)

@@ -138,14 +138,14 @@ class SiteSpec(StrictModel):
     def _pricing_fits_provider(self) -> SiteSpec:
         if self.provider in ("onprem", "edge") and self.pricing is None:
             raise ValueError(
-                f"a {self.provider} site needs 'pricing' (cpu_hour, memory_gib_hour) because the price catalog "
+                f"an {self.provider} site needs 'pricing' (cpu_hour, memory_gib_hour) because the price catalog "
                 "only knows public clouds"
             )
         if self.provider in CLOUD_PROVIDERS and self.pricing is not None and (
             self.pricing.cpu_hour or self.pricing.memory_gib_hour or self.pricing.accelerator_hour
         ):
             raise ValueError(
-                f"a {self.provider} site is priced from the price catalog; only pricing.egress_per_gb may be set"
+                f"an {self.provider.upper()} site is priced from the price catalog; only pricing.egress_per_gb may be set"
             )
         return self
 

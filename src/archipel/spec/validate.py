@@ -76,7 +76,8 @@ def _describe(error: Any, model: type[BaseModel], positions: Positions) -> str:
         where = positions.where(parent, key=True)
         return f"{where}: missing required key {key!r} in {_dotted(parent)}"
     is_key_error = "[key]" in error["loc"]
-    where = positions.where(loc, key=is_key_error)
+    is_mapping = any(len(k) > len(loc) and k[: len(loc)] == loc for k in positions.keys)
+    where = positions.where(loc, key=is_key_error or is_mapping)
     message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if kind in ("literal_error", "enum") or kind.endswith("_type") or kind.endswith("_parsing"):
         message = f"got {error.get('input')!r}; {message[0].lower()}{message[1:]}"

@@ -1,0 +1,90 @@
+"""Shared fixtures: metadata stores (SQLite and PostgreSQL) and the rule for missing real components.
+
+Outside CI a missing real component (PostgreSQL, moto, ...) skips only the tests that need it, loudly;
+under ``CI=true`` it fails them, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(component: str, reason: str) -> None:
+    """Skip (locally) or fail (under CI=true) because ``component`` is missing."""
+    message = f"{component} unavailable: {reason}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: a missing real component is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads the developer's workspace, home or database settings."""
+    for var in ("ARCHIPEL_WORKSPACE", "ARCHIPEL_DB_URL", "ARCHIPEL_LOG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ARCHIPEL_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    url = os.environ.get("ARCHIPEL_TEST_PG_URL", "")
+    if not url:
+        require("PostgreSQL", "ARCHIPEL_TEST_PG_URL is not set (make test sets it via scripts/ensure-postgres.sh)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require("PostgreSQL", "the psycopg driver is not installed (pip install 'archipel[postgres]')")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"archipel_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # server down or role missing
+        admin.dispose()
+        require("PostgreSQL", f"cannot create a test database: {type(exc).__name__}: {exc}")
+    try:
+        yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each metadata-store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def demo_workspace(tmp_path: Path):
+    """A fresh demo workspace (three local sites), applied to its SQLite store."""
+    from archipel.db import connect
+    from archipel.services.apply import apply_plan, plan_apply
+    from archipel.services.init import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", demo=True)
+    engine = connect(ws.db_url)
+    apply_plan(ws, engine, plan_apply(ws, engine))
+    engine.dispose()
+    return ws
