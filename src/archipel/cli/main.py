@@ -57,16 +57,22 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-@app.callback()
-def _root(
-    workspace: WorkspaceOpt = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from archipel import __version__
 
         typer.echo(f"archipel {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
     _State.workspace_path = workspace
 
 

@@ -1,0 +1,50 @@
+"""`archipel demo` as a user runs it: a real process; its summary is cross-checked against fresh queries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from archipel.cli.demo import DEMO_REQUEST
+from archipel.db import connect, session_scope
+from archipel.db.orm import SiteRow
+from archipel.services.offers import find_offers
+from archipel.workspace import load_workspace
+
+
+def test_demo_runs_and_every_figure_checks_out(tmp_path: Path) -> None:
+    ws_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "archipel.cli", "demo", "--workspace", str(ws_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**__import__("os").environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())
+    assert summary["ok"] is True and all(summary["checks"].values())
+
+    sites = summary["steps"]["sites"]
+    assert sites["count"] == 3 and sites["jurisdictions"] == ["EU", "US"]
+    ws = load_workspace(ws_dir)
+    engine = connect(ws.db_url)
+    with session_scope(engine) as session:
+        health = {row.name: row.health for row in session.query(SiteRow)}
+    assert health == sites["health"] == {name: "healthy" for name in ws.spec.sites}
+
+    offers = summary["steps"]["offers"]
+    rows = find_offers(ws, DEMO_REQUEST)
+    assert offers["matching"] == len(rows)
+    assert offers["cheapest"]["site"] == rows[0].site
+    assert offers["cheapest"]["hourly_usd"] == rows[0].hourly
+    cheapest_by_site: dict[str, float] = {}
+    for row in rows:
+        cheapest_by_site.setdefault(row.site, row.hourly)
+    assert offers["cheapest_by_site"] == cheapest_by_site
+    # the printed sentence carries the computed figures
+    assert f"${rows[0].hourly:.4f}/h" in proc.stdout
+    assert rows[0].offer.instance_type in proc.stdout
+    engine.dispose()
