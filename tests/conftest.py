@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 def pg_admin_url() -> str:
     url = os.environ.get("ARCHIPEL_TEST_PG_URL", "")
     if not url:
-        require("PostgreSQL", "ARCHIPEL_TEST_PG_URL is not set (make test sets it via scripts/ensure-postgres.sh)")
+        require(
+            "PostgreSQL", "ARCHIPEL_TEST_PG_URL is not set (make test sets it via scripts/ensure-postgres.sh)"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -88,3 +91,66 @@ def demo_workspace(tmp_path: Path):
     apply_plan(ws, engine, plan_apply(ws, engine))
     engine.dispose()
     return ws
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """moto's S3 server on loopback, and the names of the variables that hold its (fake) credentials."""
+
+    url: str
+    key_env: str = "ARCHIPEL_TEST_S3_KEY"
+    secret_env: str = "ARCHIPEL_TEST_S3_SECRET"
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def options(self, **extra: object) -> dict[str, object]:
+        """``storage_options`` as a site would write them: credentials named, never inlined."""
+        return {"endpoint_url": self.url, "key_env": self.key_env, "secret_env": self.secret_env, **extra}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Endpoint]:
+    """One moto S3 server for the session, on 127.0.0.1 and a free port."""
+    try:
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        require("moto S3 server", f"{exc} (pip install 'moto[server]' 's3fs[boto3]')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Endpoint(url=f"http://{host}:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint:
+    """The S3 server with its credentials in the environment (and no real AWS configuration reachable)."""
+    monkeypatch.setenv(s3_server.key_env, "testing")
+    monkeypatch.setenv(s3_server.secret_env, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3: S3Endpoint) -> str:
+    """A fresh, empty bucket for one test."""
+    name = f"archipel-test-{uuid.uuid4().hex[:16]}"
+    s3.client().create_bucket(Bucket=name)
+    return name

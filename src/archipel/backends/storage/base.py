@@ -1,0 +1,269 @@
+"""The storage interface every site backend implements, and the capability mixins.
+
+A :class:`KeyValueStore` maps validated keys (see :mod:`archipel.backends.storage.keys`) to immutable byte
+objects. The contract, which the conformance suite in ``tests/conformance/storage.py`` checks for every backend:
+
+- ``put`` is atomic: readers see the old object or the whole new one, never a prefix; a writer that dies or fails
+  leaves nothing visible. With ``expected_sha256`` the bytes are verified *before* they become visible.
+- ``get``/``open``/``read_range`` raise :class:`NotFound` for a missing key; ``list`` is recursive and sorted.
+- Keys never leave the store's root; bad keys raise :class:`SpecError` before any I/O.
+- Backend failures surface as :class:`StorageError` (never a raw SDK exception), so callers can retry elsewhere.
+
+Public methods validate, wrap errors and call the ``_hooks`` a backend implements (STYLE 7). Optional abilities
+are mixins; :meth:`KeyValueStore.features` derives the feature set from the class (STYLE 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, ClassVar, TypeAlias
+
+from archipel.backends.storage.keys import validate_key, validate_prefix
+from archipel.errors import ArchipelError, IntegrityError, NotFound, SpecError, StorageError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Data",
+    "KeyValueStore",
+    "ObjectInfo",
+    "PutResult",
+    "WithCleanup",
+    "WithServerSideCopy",
+    "iter_chunks",
+    "validate_sha256",
+]
+
+CHUNK_SIZE = 8 * 1024 * 1024
+Data: TypeAlias = bytes | bytearray | memoryview | IO[bytes] | Iterable[bytes]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def validate_sha256(value: str) -> str:
+    """Return ``value`` if it is a lower-case hex sha256 digest; raise :class:`SpecError` otherwise."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise SpecError(f"{value!r} is not a sha256 digest (64 lower-case hex characters)")
+    return value
+
+
+def iter_chunks(data: Data, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield ``data`` (bytes, a binary file object or an iterable of bytes) as chunks of at most ``chunk_size``."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), chunk_size):
+            yield bytes(view[start : start + chunk_size])
+        return
+    read = getattr(data, "read", None)
+    if callable(read):
+        while chunk := read(chunk_size):
+            yield chunk
+        return
+    for chunk in data:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise SpecError(f"put() streams bytes; got a chunk of type {type(chunk).__name__}")
+        yield bytes(chunk)
+
+
+class _SourceFailed(Exception):
+    """Carries an exception raised by the data a caller passed to ``put`` through the backend's hooks."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PutResult:
+    key: str
+    size: int
+    sha256: str
+
+
+class KeyValueStore(ABC):
+    """Immutable objects under validated keys. Subclasses implement the ``_hooks``; callers use the rest."""
+
+    scheme: ClassVar[str] = ""
+    feature: ClassVar[str | None] = None
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:  # never show options: they may hold credentials
+        return f"{type(self).__name__}({self.url!r})"
+
+    @classmethod
+    def features(cls) -> frozenset[str]:
+        """Capabilities beyond the required core, derived from the mixins this class inherits."""
+        return frozenset(f for klass in cls.__mro__ if (f := klass.__dict__.get("feature")))
+
+    # -- public API -------------------------------------------------------------------------------------------
+
+    def put(self, key: str, data: Data, *, expected_sha256: str | None = None) -> PutResult:
+        """Store ``data`` under ``key`` atomically, streaming; verify ``expected_sha256`` before publishing."""
+        validate_key(key)
+        if expected_sha256 is not None:
+            validate_sha256(expected_sha256)
+        hasher = hashlib.sha256()
+        size = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal size
+            source = iter_chunks(data)
+            while True:
+                try:
+                    chunk = next(source)
+                except StopIteration:
+                    return
+                except Exception as exc:  # the caller's stream failed, not the backend
+                    raise _SourceFailed(exc) from exc
+                hasher.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        def verify() -> None:
+            actual = hasher.hexdigest()
+            if expected_sha256 is not None and actual != expected_sha256:
+                raise IntegrityError(
+                    f"refused to store {key!r} in {self.url}: its {size} bytes hash to sha256 {actual}, "
+                    f"not the expected {expected_sha256}"
+                )
+
+        try:
+            with self._errors("put", key):
+                self._put(key, chunks(), verify)
+        except _SourceFailed as failed:
+            raise failed.cause from None  # nothing was published; the caller sees its own error
+        return PutResult(key=key, size=size, sha256=hasher.hexdigest())
+
+    def get(self, key: str) -> bytes:
+        """The whole object. Raises :class:`NotFound`."""
+        with self._errors("get", validate_key(key)):
+            return self._get(key)
+
+    def open(self, key: str) -> IO[bytes]:
+        """A binary file object for streaming reads; the caller closes it. Raises :class:`NotFound`."""
+        with self._errors("open", validate_key(key)):
+            return self._open(key)
+
+    def iter_bytes(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """The object as a stream of chunks."""
+        with self.open(key) as handle, self._errors("read", key):
+            while chunk := handle.read(chunk_size):
+                yield chunk
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object)."""
+        if start < 0 or length < 0:
+            raise SpecError(f"read_range needs start >= 0 and length >= 0, got {start} and {length}")
+        with self._errors("read_range", validate_key(key)):
+            return self._read_range(key, start, length) if length else b""
+
+    def info(self, key: str) -> ObjectInfo:
+        """Size and modification time. Raises :class:`NotFound`."""
+        with self._errors("info", validate_key(key)):
+            return self._info(key)
+
+    def size(self, key: str) -> int:
+        return self.info(key).size
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.info(key)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursive), sorted by key."""
+        with self._errors("list", validate_prefix(prefix)):
+            return sorted(self._list(prefix), key=lambda info: info.key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it existed. Deleting a missing key is not an error."""
+        with self._errors("delete", validate_key(key)):
+            return self._delete(key)
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _put(self, key: str, chunks: Iterator[bytes], verify: Callable[[], None]) -> None:
+        """Write every chunk, call ``verify()`` (it raises on a mismatch), and only then publish ``key``.
+
+        Any exception, including one from ``verify`` or from the chunk iterator, must leave nothing visible.
+        """
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _open(self, key: str) -> IO[bytes]: ...
+
+    @abstractmethod
+    def _read_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def _info(self, key: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterable[ObjectInfo]: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> bool: ...
+
+    @contextmanager
+    def _errors(self, op: str, key: str) -> Iterator[None]:
+        """Turn SDK and OS errors into archipel's error tree; archipel's own errors pass through."""
+        try:
+            yield
+        except (ArchipelError, _SourceFailed):
+            raise
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"no object {key!r} in {self.url}") from exc
+        except PermissionError as exc:
+            raise StorageError(f"{op} {key!r} on {self.url}: permission denied ({exc})") from exc
+        except Exception as exc:
+            raise StorageError(f"{op} {key!r} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class WithServerSideCopy(KeyValueStore):
+    """The backend copies an object within itself without streaming it through this process."""
+
+    feature = "server_side_copy"
+
+    def copy(self, source: str, dest: str) -> ObjectInfo:
+        validate_key(source)
+        validate_key(dest)
+        with self._errors("copy", source):
+            self._copy(source, dest)
+        return self.info(dest)
+
+    @abstractmethod
+    def _copy(self, source: str, dest: str) -> None: ...
+
+
+class WithCleanup(KeyValueStore):
+    """The backend can remove what dead writers left behind (temp files, unfinished multipart uploads)."""
+
+    feature = "cleanup"
+
+    def cleanup(self, older_than_s: float = 3600.0) -> int:
+        """Remove leftovers older than ``older_than_s`` seconds; return how many were removed."""
+        if older_than_s < 0:
+            raise SpecError(f"older_than_s must be >= 0, got {older_than_s}")
+        with self._errors("cleanup", ""):
+            return self._cleanup(older_than_s)
+
+    @abstractmethod
+    def _cleanup(self, older_than_s: float) -> int: ...

@@ -1,0 +1,330 @@
+"""One conformance suite for every storage backend (STYLE 8); the local backend is the reference.
+
+A backend's test module subclasses :class:`StorageConformance` and overrides the ``store_spec`` fixture with
+``(url, options, base_dir)``; the suite opens the store through :func:`open_store` exactly as a workspace does,
+and can reopen it in another process (the killed-writer test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archipel.backends.storage.base import KeyValueStore, WithCleanup, WithServerSideCopy
+from archipel.backends.storage.blobs import BlobStore
+from archipel.backends.storage.registry import open_store
+from archipel.errors import IntegrityError, NotFound, SpecError
+
+StoreSpec = tuple[str, dict[str, Any], Path | None]
+
+# Keys that must never reach a filesystem or an object name.
+TRAVERSAL_CORPUS = [
+    "../escape",
+    "a/../../escape",
+    "..",
+    ".",
+    "a/./b",
+    "..\\escape",
+    "a\\..\\..\\escape",
+    "%2e%2e%2fescape",
+    "%2e%2e/escape",
+    "%252e%252e%252fescape",
+    "..%2fescape",
+    "a;rm -rf",
+    "a#fragment",
+    "a?query=1",
+    "/etc/passwd",
+    "//server/share",
+    "C:\\Windows",
+    "c:/windows",
+    "a\x00b",
+    "nul\x00",
+    "a//b",
+    "a/",
+    "",
+    " leading-space",
+    "tab\tkey",
+    "new\nline",
+    ".hidden",
+    "a/.tmp/put-x",
+    "x" * 1025,
+]
+
+WRITER = r"""
+import json, sys, time
+from pathlib import Path
+from archipel.backends.storage.registry import open_store
+url, options, base_dir, key = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+store = open_store(url, options, base_dir=Path(base_dir) if base_dir else None)
+def chunks():
+    for _ in range(12):
+        yield b"x" * (1024 * 1024)
+    print("WROTE", flush=True)
+    time.sleep(600)
+    yield b"never"
+store.put(key, chunks())
+"""
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class StorageConformance:
+    """Behaviour every :class:`KeyValueStore` must have."""
+
+    @pytest.fixture
+    def store_spec(self) -> StoreSpec:
+        raise NotImplementedError("a backend's test class overrides store_spec")
+
+    @pytest.fixture
+    def store(self, store_spec: StoreSpec) -> KeyValueStore:
+        url, options, base_dir = store_spec
+        return open_store(url, options, base_dir=base_dir)
+
+    def assert_no_leftovers(self, store: KeyValueStore) -> None:
+        """Backend-specific proof that no half-written object is stored (temp files, multipart uploads)."""
+
+    # -- basic contract -------------------------------------------------------------------------------------
+
+    def test_put_get_roundtrip_reports_size_and_sha256(self, store: KeyValueStore) -> None:
+        data = os.urandom(70_000)
+        result = store.put("runs/r1/model.onnx", data)
+        assert (result.key, result.size, result.sha256) == ("runs/r1/model.onnx", len(data), _sha(data))
+        assert store.get("runs/r1/model.onnx") == data
+        assert store.size("runs/r1/model.onnx") == len(data)
+        assert store.exists("runs/r1/model.onnx")
+
+    def test_put_streams_from_file_objects_and_iterables(self, store: KeyValueStore, tmp_path: Path) -> None:
+        source = tmp_path / "src.bin"
+        source.write_bytes(b"abc" * 10_000)
+        with source.open("rb") as handle:
+            assert store.put("from-file", handle).size == 30_000
+        assert store.put("from-chunks", iter([b"ab", bytearray(b"cd"), memoryview(b"ef")])).sha256 == _sha(
+            b"abcdef"
+        )
+        assert store.get("from-file") == source.read_bytes()
+        assert store.get("from-chunks") == b"abcdef"
+        assert b"".join(store.iter_bytes("from-file", chunk_size=4096)) == source.read_bytes()
+        with store.open("from-chunks") as handle:
+            assert handle.read() == b"abcdef"
+
+    def test_empty_object(self, store: KeyValueStore) -> None:
+        assert store.put("empty", b"").size == 0
+        assert store.get("empty") == b""
+        assert [i.key for i in store.list()] == ["empty"]
+
+    def test_overwrite_replaces_the_whole_object(self, store: KeyValueStore) -> None:
+        store.put("k", b"a" * 1000)
+        store.put("k", b"b" * 10)
+        assert store.get("k") == b"b" * 10
+
+    def test_missing_keys_raise_not_found(self, store: KeyValueStore) -> None:
+        for call in (store.get, store.open, store.info, store.size, lambda k: store.read_range(k, 0, 1)):
+            with pytest.raises(NotFound, match="nope"):
+                call("nope/missing")
+        assert not store.exists("nope/missing")
+        assert store.delete("nope/missing") is False
+
+    def test_a_folder_is_not_an_object(self, store: KeyValueStore) -> None:
+        store.put("dir/inner", b"x")
+        assert not store.exists("dir")
+        with pytest.raises(NotFound):
+            store.get("dir")
+
+    def test_read_range(self, store: KeyValueStore) -> None:
+        store.put("r", bytes(range(256)))
+        assert store.read_range("r", 10, 5) == bytes(range(10, 15))
+        assert store.read_range("r", 250, 100) == bytes(range(250, 256))
+        assert store.read_range("r", 0, 0) == b""
+        with pytest.raises(SpecError):
+            store.read_range("r", -1, 3)
+
+    def test_list_is_recursive_sorted_and_filtered_by_prefix(self, store: KeyValueStore) -> None:
+        for key in ["b/2", "a/x/1", "a/y", "ab", "a/x/0", "c"]:
+            store.put(key, key.encode())
+        assert [i.key for i in store.list()] == ["a/x/0", "a/x/1", "a/y", "ab", "b/2", "c"]
+        assert [i.key for i in store.list("a/")] == ["a/x/0", "a/x/1", "a/y"]
+        assert [i.key for i in store.list("a")] == ["a/x/0", "a/x/1", "a/y", "ab"]
+        assert [i.key for i in store.list("a/x")] == ["a/x/0", "a/x/1"]
+        assert store.list("zzz/") == []
+        assert {i.key: i.size for i in store.list("b")} == {"b/2": 3}
+
+    def test_delete(self, store: KeyValueStore) -> None:
+        store.put("d/1", b"1")
+        store.put("d/2", b"2")
+        assert store.delete("d/1") is True
+        assert not store.exists("d/1")
+        assert [i.key for i in store.list()] == ["d/2"]
+
+    # -- atomicity and verification -------------------------------------------------------------------------
+
+    def test_wrong_expected_sha256_publishes_nothing_and_keeps_the_old_object(
+        self, store: KeyValueStore
+    ) -> None:
+        store.put("kept", b"old")
+        with pytest.raises(IntegrityError, match="expected"):
+            store.put("kept", b"new bytes", expected_sha256=_sha(b"something else"))
+        with pytest.raises(IntegrityError):
+            store.put("fresh", b"new bytes", expected_sha256=_sha(b"something else"))
+        assert store.get("kept") == b"old"
+        assert not store.exists("fresh")
+        assert store.put("fresh", b"ok", expected_sha256=_sha(b"ok")).size == 2
+        self.assert_no_leftovers(store)
+
+    def test_a_failing_stream_publishes_nothing(self, store: KeyValueStore) -> None:
+        store.put("kept", b"old")
+
+        def broken() -> Iterator[bytes]:
+            yield b"x" * (3 * 1024 * 1024)
+            raise ConnectionResetError("source went away")
+
+        for key in ("kept", "fresh"):
+            with pytest.raises(ConnectionResetError):
+                store.put(key, broken())
+        assert store.get("kept") == b"old"
+        assert not store.exists("fresh")
+        assert [i.key for i in store.list()] == ["kept"]
+        self.assert_no_leftovers(store)
+
+    def test_readers_see_the_old_or_the_new_object_never_a_mix(self, store: KeyValueStore) -> None:
+        versions = [bytes([n]) * 400_000 for n in range(4)]
+        store.put("hot", versions[0])
+        stop = threading.Event()
+        seen: list[bytes] = []
+
+        def reader() -> None:
+            while not stop.is_set():
+                seen.append(store.get("hot"))
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            for n in range(1, 13):
+                store.put("hot", versions[n % 4])
+        finally:
+            stop.set()
+            thread.join()
+        assert seen and all(data in versions for data in seen)
+
+    # -- keys -----------------------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", TRAVERSAL_CORPUS, ids=repr)
+    def test_traversal_and_hostile_keys_are_refused_before_any_io(
+        self, store: KeyValueStore, key: str
+    ) -> None:
+        for call in (
+            lambda: store.put(key, b"pwned"),
+            lambda: store.get(key),
+            lambda: store.exists(key),
+            lambda: store.delete(key),
+            lambda: store.open(key),
+            lambda: store.read_range(key, 0, 1),
+        ):
+            with pytest.raises(SpecError, match="invalid storage key"):
+                call()
+        if key and not key.endswith("/"):
+            with pytest.raises(SpecError):
+                store.list(key + "/")
+        assert store.list() == []
+
+    def test_keys_with_every_allowed_character(self, store: KeyValueStore) -> None:
+        key = "data/patients@v3/part=0001/file-name_v1.2+final.parquet"
+        store.put(key, b"ok")
+        assert [i.key for i in store.list("data/")] == [key]
+
+    # -- optional capabilities ------------------------------------------------------------------------------
+
+    def test_server_side_copy(self, store: KeyValueStore) -> None:
+        if not isinstance(store, WithServerSideCopy):
+            pytest.skip(f"{type(store).__name__} has no server-side copy")
+        store.put("src", b"payload")
+        assert store.copy("src", "dst/copy").size == 7
+        assert store.get("dst/copy") == b"payload"
+        assert store.get("src") == b"payload"
+        with pytest.raises(NotFound):
+            store.copy("missing", "dst/other")
+
+    # -- content-addressed layer ----------------------------------------------------------------------------
+
+    def test_blobs_are_content_addressed_deduplicated_and_verified(self, store: KeyValueStore) -> None:
+        blobs = BlobStore(store)
+        data = os.urandom(50_000)
+        ref = blobs.put(data)
+        assert ref.sha256 == _sha(data) and ref.size == len(data)
+        assert store.list() == [store.info(blobs.key(ref.sha256))]
+        assert blobs.put(data) == ref  # same bytes: same blob, nothing new written
+        assert blobs.put(iter([data[:10], data[10:]])) == ref
+        assert blobs.get(ref.sha256) == data
+        assert b"".join(blobs.iter_bytes(ref.sha256, chunk_size=4096)) == data
+        assert blobs.list() == [ref]
+        with pytest.raises(IntegrityError):
+            blobs.put(b"not the data", sha256=_sha(b"other"))
+        with pytest.raises(NotFound):
+            blobs.get(_sha(b"never stored"))
+        assert blobs.delete(ref.sha256) and not blobs.exists(ref.sha256)
+
+    def test_corrupt_blobs_are_detected_on_read(self, store: KeyValueStore) -> None:
+        blobs = BlobStore(store)
+        ref = blobs.put(b"genuine bytes " * 1000)
+        store.put(blobs.key(ref.sha256), b"tampered bytes " * 1000)  # someone writes under the blob's name
+        with pytest.raises(IntegrityError, match="corrupt"):
+            blobs.get(ref.sha256)
+        with pytest.raises(IntegrityError, match="corrupt"):
+            b"".join(blobs.iter_bytes(ref.sha256))
+        with pytest.raises(IntegrityError):
+            blobs.verify(ref.sha256)
+
+    def test_hundred_megabyte_blob_streams_through(self, store: KeyValueStore) -> None:
+        block = os.urandom(1024 * 1024)
+        expected = hashlib.sha256()
+        for n in range(100):
+            expected.update(block[n:] + block[:n])
+
+        def stream() -> Iterator[bytes]:
+            for n in range(100):
+                yield block[n:] + block[:n]
+
+        ref = BlobStore(store).put(stream(), sha256=expected.hexdigest())
+        assert ref.size == 100 * 1024 * 1024
+        got = hashlib.sha256()
+        for chunk in BlobStore(store).iter_bytes(ref.sha256):
+            got.update(chunk)
+        assert got.hexdigest() == expected.hexdigest()
+        self.assert_no_leftovers(store)
+
+
+class CrossProcessConformance(StorageConformance):
+    """For backends another process can open too (all but ``memory://``): a writer killed mid-put."""
+
+    def test_killed_writer_leaves_no_visible_partial_object(
+        self, store: KeyValueStore, store_spec: StoreSpec
+    ) -> None:
+        url, options, base_dir = store_spec
+        with subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, json.dumps(options), str(base_dir or ""), "victim/blob"],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "WROTE"
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert not store.exists("victim/blob")
+        assert store.list() == []
+        if isinstance(store, WithCleanup):
+            assert store.cleanup(older_than_s=0) >= 1  # the dead writer's leftovers were there, and are gone
+        self.assert_no_leftovers(store)
