@@ -9,8 +9,24 @@ import sys
 import archipel
 from archipel import errors
 
-HEAVY = ["pyarrow", "pandas", "onnxruntime", "sklearn", "boto3", "botocore", "s3fs", "ray", "torch", "fastapi",
-         "uvicorn", "sqlalchemy", "alembic", "pydantic", "yaml", "rich"]
+HEAVY = [
+    "pyarrow",
+    "pandas",
+    "onnxruntime",
+    "sklearn",
+    "boto3",
+    "botocore",
+    "s3fs",
+    "ray",
+    "torch",
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "pydantic",
+    "yaml",
+    "rich",
+]
 
 
 def test_pinned_all() -> None:
@@ -24,7 +40,9 @@ def test_help_imports_nothing_heavy() -> None:
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"archipel --help imported {loaded}"
     assert "Usage" in proc.stdout
@@ -40,4 +58,6 @@ def test_error_tables_cover_every_class() -> None:
     assert errors.http_status_for(errors.NotFound("x")) == 404
     assert errors.http_status_for(ValueError("x")) == 500
     assert errors.exit_code_for(KeyError("x")) == 1
-    assert len(set(errors.EXIT_CODE.values())) == len(errors.EXIT_CODE) - 2  # SpecError/UserError, Forbidden/Unauthorized
+    assert (
+        len(set(errors.EXIT_CODE.values())) == len(errors.EXIT_CODE) - 2
+    )  # SpecError/UserError, Forbidden/Unauthorized

@@ -39,7 +39,9 @@ def find_workspace_root(explicit: Path | None = None, *, cwd: Path | None = None
             if candidate.is_file() and candidate.name.endswith((".yaml", ".yml")):
                 candidate = candidate.parent
             if not (candidate / WORKSPACE_FILE).is_file():
-                raise NotFound(f"no {WORKSPACE_FILE} in {candidate}; create one with `archipel init {candidate}`")
+                raise NotFound(
+                    f"no {WORKSPACE_FILE} in {candidate}; create one with `archipel init {candidate}`"
+                )
             return candidate
     start = (cwd or Path.cwd()).resolve()
     for directory in (start, *start.parents):

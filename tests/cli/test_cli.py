@@ -38,7 +38,9 @@ def test_init_demo_then_sites_ls_json(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_sites_check_records_health(demo_workspace, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "-w", str(demo_workspace.root), "sites", "check", "--json", "--timeout", "20")
+    code, out, err = run(
+        capsys, "-w", str(demo_workspace.root), "sites", "check", "--json", "--timeout", "20"
+    )
     assert code == 0, err + out
     results = json.loads(out)
     assert [r["health"] for r in results] == ["healthy"] * 3
@@ -46,7 +48,9 @@ def test_sites_check_records_health(demo_workspace, capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "-w", str(demo_workspace.root), "sites", "ls", "--json")
     assert {s["health"] for s in json.loads(out)} == {"healthy"}
     # no probe objects are left behind
-    leftovers = [p for p in (demo_workspace.root / "sites").rglob("*") if p.is_file() and ".tmp" not in p.parts]
+    leftovers = [
+        p for p in (demo_workspace.root / "sites").rglob("*") if p.is_file() and ".tmp" not in p.parts
+    ]
     assert leftovers == []
 
 
@@ -61,8 +65,19 @@ def test_sites_check_reports_a_broken_site(demo_workspace, capsys: pytest.Captur
 
 
 def test_offers_are_sorted_and_fit_the_request(demo_workspace, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "-w", str(demo_workspace.root), "offers", "--cpus", "4", "--memory", "16GiB", "--json",
-                         "--limit", "500")
+    code, out, err = run(
+        capsys,
+        "-w",
+        str(demo_workspace.root),
+        "offers",
+        "--cpus",
+        "4",
+        "--memory",
+        "16GiB",
+        "--json",
+        "--limit",
+        "500",
+    )
     assert code == 0, err
     rows = json.loads(out)
     assert rows, "the demo workspace must have offers for 4 vCPU / 16 GiB"
@@ -71,11 +86,25 @@ def test_offers_are_sorted_and_fit_the_request(demo_workspace, capsys: pytest.Ca
     assert all(r["vcpus"] >= 4 and r["memory_gib"] >= 16 for r in rows)
     assert {r["site"] for r in rows} == {"aws-us-east-1", "gcp-europe-west4", "onprem-frankfurt"}
     assert all(r["source"] and r["as_of"] for r in rows)
-    code, out, _ = run(capsys, "-w", str(demo_workspace.root), "offers", "--cpus", "4", "--memory", "16", "--spot",
-                       "--json", "--limit", "500")
+    code, out, _ = run(
+        capsys,
+        "-w",
+        str(demo_workspace.root),
+        "offers",
+        "--cpus",
+        "4",
+        "--memory",
+        "16",
+        "--spot",
+        "--json",
+        "--limit",
+        "500",
+    )
     spot = json.loads(out)
     assert spot and all(r["spot"] for r in spot) and "onprem-frankfurt" not in {r["site"] for r in spot}
-    assert min(r["hourly_usd"] for r in spot) < min(r["hourly_usd"] for r in rows if r["provider"] != "onprem")
+    assert min(r["hourly_usd"] for r in spot) < min(
+        r["hourly_usd"] for r in rows if r["provider"] != "onprem"
+    )
     # more than any site's capacity: nothing fits
     code, out, _ = run(capsys, "-w", str(demo_workspace.root), "offers", "--cpus", "64", "--json")
     assert json.loads(out) == []
@@ -90,7 +119,9 @@ def test_offers_bad_arguments(demo_workspace, capsys: pytest.CaptureFixture[str]
 
 def test_apply_shows_diff_and_needs_consent(demo_workspace, capsys: pytest.CaptureFixture[str]) -> None:
     spec = demo_workspace.file
-    spec.write_text(spec.read_text().replace("labels: {tier: datacenter}", "labels: {tier: datacenter, rack: b7}"))
+    spec.write_text(
+        spec.read_text().replace("labels: {tier: datacenter}", "labels: {tier: datacenter, rack: b7}")
+    )
     root = str(demo_workspace.root)
     code, out, err = run(capsys, "-w", root, "apply", "--dry-run")
     assert code == 0 and "labels.rack" in out and "1 to change" in out
@@ -134,5 +165,7 @@ def test_unknown_region_is_a_spec_error_with_line(demo_workspace, capsys) -> Non
 
 
 def test_real_process_version_and_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "archipel.cli", "--version"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "archipel.cli", "--version"], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("archipel ")

@@ -10,7 +10,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from archipel.db import connect, current_revision, downgrade, head_revision, make_engine, migrate, redact_url, session_scope
+from archipel.db import (
+    connect,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    migrate,
+    redact_url,
+    session_scope,
+)
 from archipel.db.orm import Base, SiteRow, WorkspaceStateRow
 from archipel.errors import SpecError
 

@@ -7,7 +7,13 @@ from archipel.models.units import format_size, parse_duration, parse_size
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("16GiB", 16 * 2**30), ("500MB", 500 * 10**6), ("1.5 GiB", int(1.5 * 2**30)), ("2g", 2 * 2**30), (1024, 1024)],
+    [
+        ("16GiB", 16 * 2**30),
+        ("500MB", 500 * 10**6),
+        ("1.5 GiB", int(1.5 * 2**30)),
+        ("2g", 2 * 2**30),
+        (1024, 1024),
+    ],
 )
 def test_parse_size(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
@@ -24,7 +30,9 @@ def test_bad_sizes(bad: object) -> None:
         parse_size(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("1.5h", 5400), ("90", 90), ("250ms", 0.25), (2, 2)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30m", 1800), ("1.5h", 5400), ("90", 90), ("250ms", 0.25), (2, 2)]
+)
 def test_parse_duration(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 

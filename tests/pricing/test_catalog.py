@@ -16,7 +16,7 @@ import pytest
 from archipel.errors import NotFound, SpecError
 from archipel.pricing import SKYPILOT_COLUMNS, InstanceOffer, PriceCatalog, amortized_offer, read_offers
 
-SKYPILOT_HEADER = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone"
+SKYPILOT_HEADER = ",".join(SKYPILOT_COLUMNS)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_invalid_rows_are_spec_errors_with_their_line(tmp_path: Path, row: str) 
 
 
 def test_an_unreadable_csv_is_a_spec_error(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="missing.csv"):
+    with pytest.raises(SpecError, match=r"missing\.csv"):
         read_offers(tmp_path / "missing.csv")
 
 

@@ -24,7 +24,9 @@ def test_first_apply_adds_every_site_then_nothing(tmp_path, db_url, monkeypatch)
     with session_scope(engine) as session:
         rows = {r.name: r for r in session.scalars(select(SiteRow))}
     assert rows["gcp-europe-west4"].jurisdiction == "EU"
-    assert rows["aws-us-east-1"].spec_hash == spec_hash(ws.spec.sites["aws-us-east-1"].model_dump(mode="json"))
+    assert rows["aws-us-east-1"].spec_hash == spec_hash(
+        ws.spec.sites["aws-us-east-1"].model_dump(mode="json")
+    )
     engine.dispose()
 
 

@@ -64,7 +64,11 @@ BAD = {
         13,
         ["'hetzner'", "'aws'", "'onprem'"],
     ),
-    "bad_uri": (GOOD.replace("s3://team-bucket/archipel", "ftp://team-bucket/x"), 8, ["unknown storage scheme 'ftp'"]),
+    "bad_uri": (
+        GOOD.replace("s3://team-bucket/archipel", "ftp://team-bucket/x"),
+        8,
+        ["unknown storage scheme 'ftp'"],
+    ),
     "python_tag": (
         GOOD.replace("region: frankfurt", "region: !!python/object/apply:os.system ['true']"),
         14,
@@ -75,7 +79,11 @@ BAD = {
         9,
         ["looks like a secret", "_env"],
     ),
-    "bad_jurisdiction": (GOOD.replace("jurisdiction: US", "jurisdiction: usa"), 7, ["not a jurisdiction code"]),
+    "bad_jurisdiction": (
+        GOOD.replace("jurisdiction: US", "jurisdiction: usa"),
+        7,
+        ["not a jurisdiction code"],
+    ),
     "bad_memory": (GOOD.replace("memory: 64GiB", "memory: 64 parsecs"), 11, ["unknown size unit"]),
     "onprem_without_pricing": (GOOD.replace("    pricing: {cpu_hour: 0.02}\n", ""), 12, ["needs 'pricing'"]),
     "bad_site_name": (GOOD.replace("aws-us-east-1:", "AWS_East:"), 4, ["site name 'AWS_East'"]),

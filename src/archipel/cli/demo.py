@@ -39,7 +39,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     engine = connect(workspace.db_url)
     plan = plan_apply(workspace, engine)
     apply_plan(workspace, engine, plan)
-    out.print(f"Workspace [bold]{workspace.root}[/]: {len(workspace.spec.sites)} sites applied to the metadata store.")
+    out.print(
+        f"Workspace [bold]{workspace.root}[/]: {len(workspace.spec.sites)} sites applied to the metadata store."
+    )
     results = check_sites(workspace, engine)
     render.checks_table(results)
     views, pending = list_sites(workspace, engine)
@@ -58,7 +60,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     out.print(Rule("2. What compute costs where"))
     rows = find_offers(workspace, DEMO_REQUEST)
     render.offers_table(rows[:10], DEMO_REQUEST, total=len(rows))
-    spot_rows = find_offers(workspace, OfferRequest(cpus=DEMO_REQUEST.cpus, memory_gib=DEMO_REQUEST.memory_gib, spot=True))
+    spot_rows = find_offers(
+        workspace, OfferRequest(cpus=DEMO_REQUEST.cpus, memory_gib=DEMO_REQUEST.memory_gib, spot=True)
+    )
     checks["offers_found"] = bool(rows)
     if rows:
         cheapest_by_site: dict[str, float] = {}
@@ -66,19 +70,26 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
             cheapest_by_site.setdefault(row.site, row.hourly)
         best, worst = rows[0], max(cheapest_by_site.items(), key=lambda kv: kv[1])
         out.print(
-            f"Cheapest for {DEMO_REQUEST.cpus:g} vCPU / {DEMO_REQUEST.memory_gib:g} GiB: [bold]{best.offer.instance_type}[/] "
+            f"Cheapest for {DEMO_REQUEST.cpus:g} vCPU / {DEMO_REQUEST.memory_gib:g} GiB: "
+            f"[bold]{best.offer.instance_type}[/] "
             f"at {best.site} for ${best.hourly:.4f}/h; the dearest site's cheapest fit ({worst[0]}) costs "
             f"${worst[1]:.4f}/h, {worst[1] / best.hourly:.2f}x as much."
         )
         summary["steps"]["offers"] = {
             "request": {"cpus": DEMO_REQUEST.cpus, "memory_gib": DEMO_REQUEST.memory_gib},
             "matching": len(rows),
-            "cheapest": {"site": best.site, "instance_type": best.offer.instance_type, "hourly_usd": best.hourly},
+            "cheapest": {
+                "site": best.site,
+                "instance_type": best.offer.instance_type,
+                "hourly_usd": best.hourly,
+            },
             "cheapest_by_site": cheapest_by_site,
         }
     if spot_rows:
         s = spot_rows[0]
-        out.print(f"With spot capacity: {s.offer.instance_type} at {s.site} for ${s.hourly:.4f}/h (may be preempted).")
+        out.print(
+            f"With spot capacity: {s.offer.instance_type} at {s.site} for ${s.hourly:.4f}/h (may be preempted)."
+        )
         summary["steps"]["offers"]["cheapest_spot"] = {
             "site": s.site,
             "instance_type": s.offer.instance_type,

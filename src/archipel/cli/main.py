@@ -30,7 +30,9 @@ app.add_typer(sites_app, name="sites")
 
 WorkspaceOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--workspace", "-w", help="Workspace directory (default: $ARCHIPEL_WORKSPACE, then upward from here)."),
+    typer.Option(
+        "--workspace", "-w", help="Workspace directory (default: $ARCHIPEL_WORKSPACE, then upward from here)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -79,7 +81,9 @@ def _root(
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Directory for the workspace.")] = Path("."),
-    demo: Annotated[bool, typer.Option("--demo", help="Three local sites standing in for two clouds and on-prem.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Three local sites standing in for two clouds and on-prem.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing archipel.yaml.")] = False,
 ) -> None:
     """Create a workspace (archipel.yaml, state folder, site folders) and apply it."""
@@ -119,7 +123,9 @@ def apply(
         if not sys.stdin.isatty():
             from archipel.errors import UserError
 
-            raise UserError("refusing to apply without confirmation on a non-interactive terminal; pass --yes")
+            raise UserError(
+                "refusing to apply without confirmation on a non-interactive terminal; pass --yes"
+            )
         typer.confirm("Apply these changes?", abort=True)
     apply_plan(workspace, engine, plan)
     if not as_json:
@@ -142,7 +148,9 @@ def sites_ls(as_json: JsonOpt = False) -> None:
         return
     render.sites_table(views)
     if pending:
-        render.console().print("[yellow]archipel.yaml has changes that are not applied: run `archipel apply`.[/]")
+        render.console().print(
+            "[yellow]archipel.yaml has changes that are not applied: run `archipel apply`.[/]"
+        )
 
 
 @sites_app.command("check")
@@ -247,7 +255,9 @@ def schema(
 def demo(
     workspace: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--workspace", "-w", help="Where to build the demo workspace (default: a new temporary folder)."),
+        typer.Option(
+            "--workspace", "-w", help="Where to build the demo workspace (default: a new temporary folder)."
+        ),
     ] = None,
     summary: Annotated[
         Optional[Path],  # noqa: UP045

@@ -36,7 +36,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
-        raise SpecError(f"not a database URL: {redact_url(url)!s}; use sqlite:///PATH or postgresql+psycopg://...") from None
+        raise SpecError(
+            f"not a database URL: {redact_url(url)!s}; use sqlite:///PATH or postgresql+psycopg://..."
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":

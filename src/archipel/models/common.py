@@ -30,7 +30,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 def _check_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError(
-            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter or digit"
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
         )
     return value
 

@@ -141,11 +141,14 @@ class SiteSpec(StrictModel):
                 f"an {self.provider} site needs 'pricing' (cpu_hour, memory_gib_hour) because the price catalog "
                 "only knows public clouds"
             )
-        if self.provider in CLOUD_PROVIDERS and self.pricing is not None and (
-            self.pricing.cpu_hour or self.pricing.memory_gib_hour or self.pricing.accelerator_hour
+        if (
+            self.provider in CLOUD_PROVIDERS
+            and self.pricing is not None
+            and (self.pricing.cpu_hour or self.pricing.memory_gib_hour or self.pricing.accelerator_hour)
         ):
             raise ValueError(
-                f"an {self.provider.upper()} site is priced from the price catalog; only pricing.egress_per_gb may be set"
+                f"an {self.provider.upper()} site is priced from the price catalog; "
+                "only pricing.egress_per_gb may be set"
             )
         return self
 
@@ -168,7 +171,9 @@ def check_storage_url(value: str) -> None:
     if parts.username or parts.password:
         raise ValueError("storage URL may not embed credentials; use storage_options with *_env variables")
     if parts.scheme in ("s3", "gs", "az") and not _BUCKET.match(parts.netloc or ""):
-        raise ValueError(f"{value!r} needs a bucket or container name: {parts.scheme}://BUCKET/optional/prefix")
+        raise ValueError(
+            f"{value!r} needs a bucket or container name: {parts.scheme}://BUCKET/optional/prefix"
+        )
     if parts.scheme == "file" and not (parts.netloc or parts.path):
         raise ValueError("file:// URL needs a path")
     if ".." in (parts.netloc + parts.path).split("/"):

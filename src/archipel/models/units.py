@@ -47,7 +47,7 @@ def parse_size(value: str | int | float, *, default_unit: str = "b") -> int:
         raise ValueError(f"unknown size unit {unit!r} in {value!r}; known units: {known}")
     if number < 0:
         raise ValueError(f"a size cannot be negative: {value!r}")
-    return int(round(number * factor))
+    return round(number * factor)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -64,7 +64,9 @@ def parse_duration(value: str | int | float) -> float:
     number, unit = float(match.group(1)), (match.group(2) or "s").lower()
     factor = DURATION_UNITS.get(unit)
     if factor is None:
-        raise ValueError(f"unknown duration unit {unit!r} in {value!r}; known units: {', '.join(DURATION_UNITS)}")
+        raise ValueError(
+            f"unknown duration unit {unit!r} in {value!r}; known units: {', '.join(DURATION_UNITS)}"
+        )
     return number * factor
 
 

@@ -121,7 +121,11 @@ def apply_plan(workspace: Workspace, engine: Engine, plan: ApplyPlan) -> None:
             ):
                 row.health, row.health_detail, row.checked_at = "unknown", None, None
         state = session.get(WorkspaceStateRow, "applied")
-        value = {"name": workspace.spec.name, "spec_hash": spec_hash(plan.desired), "file": str(workspace.file)}
+        value = {
+            "name": workspace.spec.name,
+            "spec_hash": spec_hash(plan.desired),
+            "file": str(workspace.file),
+        }
         if state is None:
             session.add(WorkspaceStateRow(key="applied", value=value, updated_at=now))
         else:

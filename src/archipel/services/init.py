@@ -64,7 +64,12 @@ sites:
 
 
 def init_workspace(
-    root: Path, *, demo: bool = False, force: bool = False, jurisdiction: str = "EU", region: str = "frankfurt"
+    root: Path,
+    *,
+    demo: bool = False,
+    force: bool = False,
+    jurisdiction: str = "EU",
+    region: str = "frankfurt",
 ) -> Workspace:
     """Write ``archipel.yaml`` and the state and site folders under ``root``; refuse to overwrite."""
     root = root.expanduser().resolve()
@@ -76,7 +81,9 @@ def init_workspace(
     text = (
         DEMO_SPEC
         if demo
-        else MINIMAL_SPEC.format(name=name, region=region, jurisdiction=jurisdiction, cpus=max(1, os.cpu_count() or 1))
+        else MINIMAL_SPEC.format(
+            name=name, region=region, jurisdiction=jurisdiction, cpus=max(1, os.cpu_count() or 1)
+        )
     )
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(text, encoding="utf-8")

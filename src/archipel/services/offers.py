@@ -92,7 +92,9 @@ def find_offers(workspace: Workspace, req: OfferRequest) -> list[SiteOffer]:
             pricing = site.pricing
             acc_price = 0.0
             if req.accelerator and pricing:
-                acc_price = {k.lower(): v for k, v in pricing.accelerator_hour.items()}.get(req.accelerator.lower(), 0.0)
+                acc_price = {k.lower(): v for k, v in pricing.accelerator_hour.items()}.get(
+                    req.accelerator.lower(), 0.0
+                )
             offer = amortized_offer(
                 provider=site.provider,
                 region=site.region,

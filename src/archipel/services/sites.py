@@ -95,8 +95,16 @@ class SiteCheck:
         return {
             "site": self.site,
             "health": self.health,
-            "storage": {"ok": self.storage.ok, "seconds": round(self.storage.seconds, 4), "detail": self.storage.detail},
-            "compute": {"ok": self.compute.ok, "seconds": round(self.compute.seconds, 4), "detail": self.compute.detail},
+            "storage": {
+                "ok": self.storage.ok,
+                "seconds": round(self.storage.seconds, 4),
+                "detail": self.storage.detail,
+            },
+            "compute": {
+                "ok": self.compute.ok,
+                "seconds": round(self.compute.seconds, 4),
+                "detail": self.compute.detail,
+            },
             "checked_at": self.checked_at.isoformat(),
         }
 
@@ -122,7 +130,9 @@ def _check_storage(workspace: Workspace, name: str) -> CheckResult:
     except Exception as exc:  # a backend SDK error we did not map yet: report it, keep checking others
         return CheckResult(False, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
     elapsed = time.perf_counter() - start
-    return CheckResult(True, elapsed, f"write/list/read/delete of {PROBE_BYTES // 1024} KiB in {elapsed * 1000:.0f} ms")
+    return CheckResult(
+        True, elapsed, f"write/list/read/delete of {PROBE_BYTES // 1024} KiB in {elapsed * 1000:.0f} ms"
+    )
 
 
 def _check_compute(workspace: Workspace, name: str, timeout_s: float) -> CheckResult:
@@ -139,9 +149,13 @@ def _check_compute(workspace: Workspace, name: str, timeout_s: float) -> CheckRe
         text, _ = compute.logs(job)
         if status.state != "SUCCEEDED":
             compute.cancel(job, grace_s=1)
-            return CheckResult(False, time.perf_counter() - start, f"probe job ended {status.state}: {status.message}")
+            return CheckResult(
+                False, time.perf_counter() - start, f"probe job ended {status.state}: {status.message}"
+            )
         if PROBE_MARKER not in text:
-            return CheckResult(False, time.perf_counter() - start, "probe job succeeded but its output was not logged")
+            return CheckResult(
+                False, time.perf_counter() - start, "probe job succeeded but its output was not logged"
+            )
     except ArchipelError as exc:
         return CheckResult(False, time.perf_counter() - start, str(exc))
     except Exception as exc:

@@ -62,7 +62,9 @@ class _Builder:
 
     def fail(self, node: yaml.Node, message: str) -> SpecError:
         line = node.start_mark.line + 1
-        return SpecError(f"{self.positions.source}:{line}: {message}", location=f"{self.positions.source}:{line}")
+        return SpecError(
+            f"{self.positions.source}:{line}: {message}", location=f"{self.positions.source}:{line}"
+        )
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.positions.values[path] = node.start_mark.line + 1

@@ -43,7 +43,7 @@ def test_options_ending_in_env_are_read_from_the_environment(monkeypatch: pytest
 
 def test_a_missing_variable_is_named_and_no_value_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    with pytest.raises(SpecError, match="NOT_SET_ANYWHERE.*not set"):
+    with pytest.raises(SpecError, match=r"NOT_SET_ANYWHERE.*not set"):
         resolve_options({"secret_env": "NOT_SET_ANYWHERE"})
 
 

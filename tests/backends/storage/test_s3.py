@@ -87,5 +87,5 @@ def test_an_unreachable_endpoint_is_a_storage_error(s3: S3Endpoint) -> None:
             "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
         },
     )
-    with pytest.raises(StorageError, match="127.0.0.1:9"):
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:9"):
         store.put("k", b"x")
