@@ -52,6 +52,8 @@ def test_sites_check_records_health(demo_workspace, capsys: pytest.CaptureFixtur
         p for p in (demo_workspace.root / "sites").rglob("*") if p.is_file() and ".tmp" not in p.parts
     ]
     assert leftovers == []
+    probe_jobs = list((demo_workspace.state_dir / "compute").glob("*/jobs/*"))
+    assert probe_jobs == []  # probe jobs are forgotten once checked
 
 
 def test_sites_check_reports_a_broken_site(demo_workspace, capsys: pytest.CaptureFixture[str]) -> None:

@@ -156,6 +156,9 @@ def _check_compute(workspace: Workspace, name: str, timeout_s: float) -> CheckRe
             return CheckResult(
                 False, time.perf_counter() - start, "probe job succeeded but its output was not logged"
             )
+        forget = getattr(compute, "forget", None)  # backends that keep job folders: do not pile up probes
+        if forget is not None:
+            forget(job)
     except ArchipelError as exc:
         return CheckResult(False, time.perf_counter() - start, str(exc))
     except Exception as exc:
