@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -24,7 +26,12 @@ _HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unreachable": "red",
 def console() -> Console:
     from archipel.settings import settings
 
-    return Console(no_color=settings().no_color, highlight=False, soft_wrap=False)
+    con = Console(no_color=settings().no_color, highlight=False, soft_wrap=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con.width = (
+            120  # logs and pipes (e.g. `make demo` in CI): Rich's 80 columns would squeeze every table
+        )
+    return con
 
 
 @cache
@@ -53,7 +60,9 @@ def _size(n: int) -> str:
 def sites_table(views: list[SiteView]) -> None:
     table = Table(title="Sites", title_justify="left")
     for col in ("name", "provider", "region", "jurisdiction", "storage", "compute", "capacity", "health"):
-        table.add_column(col, no_wrap=col in ("name", "storage"))
+        table.add_column(
+            col, no_wrap=col in ("name", "storage", "region", "jurisdiction", "capacity", "health")
+        )
     for v in views:
         cap = v.spec.capacity
         capacity = f"{cap.cpus:g} cpu, {_size(cap.memory)}"
@@ -91,9 +100,14 @@ def offers_table(rows: list[SiteOffer], request: OfferRequest, *, total: int) ->
     if request.accelerator:
         what += f", {request.accelerator}:{request.accelerator_count}"
     kind = "spot" if request.spot else "on-demand"
-    table = Table(title=f"Offers for {what} ({kind}), cheapest first", title_justify="left")
-    for col in ("site", "jurisdiction", "instance", "vCPU", "memory", "accelerators", "$/hour", "source"):
-        table.add_column(col, justify="right" if col in ("vCPU", "memory", "$/hour") else "left")
+    table = Table(
+        title=f"Offers for {what} ({kind}), cheapest first", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    for col in ("site", "jurisdiction", "instance", "vCPU", "memory", "accel.", "$/hour", "src"):
+        table.add_column(
+            col, justify="right" if col in ("vCPU", "memory", "$/hour") else "left", no_wrap=True
+        )
+    sources: dict[str, int] = {}
     for row in rows:
         o = row.offer
         acc = f"{o.accelerator}:{o.accelerator_count}" if o.accelerator else ""
@@ -105,9 +119,11 @@ def offers_table(rows: list[SiteOffer], request: OfferRequest, *, total: int) ->
             f"{o.memory_gib:g} GiB",
             acc,
             _money(row.hourly),
-            f"[dim]{escape(o.source)} ({o.as_of})[/]",
+            f"[dim]\\[{sources.setdefault(f'{o.source} (as of {o.as_of})', len(sources) + 1)}][/]",
         )
     console().print(table)
+    for source, number in sources.items():
+        console().print(f"[dim]\\[{number}] {escape(source)}[/]")
     if not rows:
         console().print("[yellow]No site offers that; try fewer resources, or --spot off, or add a site.[/]")
     elif total > len(rows):
