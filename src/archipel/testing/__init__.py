@@ -1,0 +1,1 @@
+"""Test and benchmark tooling: real components that misbehave on purpose (see ``proxy``)."""
