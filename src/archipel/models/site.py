@@ -17,6 +17,7 @@ __all__ = [
     "Capacity",
     "Location",
     "Provider",
+    "SiteEncryption",
     "SitePricing",
     "SiteSpec",
 ]
@@ -65,6 +66,21 @@ class SitePricing(StrictModel):
     """USD per GB leaving this site; None uses the price catalog's figure for the provider."""
 
 
+class SiteEncryption(StrictModel):
+    """Where a site's data key comes from; the key itself never appears in this file."""
+
+    key_env: str | None = None
+    """Environment variable holding the 32-byte key (hex or base64)."""
+    key_file: str | None = None
+    """File holding the key (relative to the workspace); must not be readable by group or others."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SiteEncryption:
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError("encryption needs exactly one of key_env or key_file")
+        return self
+
+
 class Location(StrictModel):
     """Where a site is, for latency and bandwidth estimates."""
 
@@ -98,6 +114,8 @@ class SiteSpec(StrictModel):
     location: Location | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels that policies may select on (tier: gpu, owner: research)."""
+    encryption: SiteEncryption | None = None
+    """The site's data key for encryption at rest (required where a policy says encrypt_at_rest)."""
     enabled: bool = True
     """A disabled site is kept in the catalog but never planned onto."""
 

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from archipel.models.common import Name, StrictModel
+from archipel.models.cost import BudgetSpec
+from archipel.models.policy import PolicyRule
 from archipel.models.site import SiteSpec
 
 __all__ = ["CatalogSpec", "WorkspaceSpec"]
@@ -32,6 +34,21 @@ class WorkspaceSpec(StrictModel):
     catalog: CatalogSpec = Field(default_factory=CatalogSpec)
     sites: dict[Name, SiteSpec] = Field(default_factory=dict)
     """Sites keyed by name (lowercase letters, digits, '-')."""
+    policies: list[PolicyRule] = Field(default_factory=list)
+    """Residency rules, first match wins; the built-in defaults follow them (pii and phi stay in their
+    origin jurisdiction). See `archipel policy defaults`."""
+    budgets: dict[Name, BudgetSpec] = Field(default_factory=dict)
+    """Spending limits keyed by name, checked against the cost ledger."""
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_rule_names(cls, value: list[PolicyRule]) -> list[PolicyRule]:
+        seen: set[str] = set()
+        for rule in value:
+            if rule.name in seen:
+                raise ValueError(f"two policy rules are named {rule.name!r}; rule names must be unique")
+            seen.add(rule.name)
+        return value
 
     @field_validator("metadata_store")
     @classmethod
