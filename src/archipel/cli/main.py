@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    pass
 
-    from archipel.workspace import Workspace
+from archipel.cli.common import JsonOpt, State, WorkspaceOpt, open_engine, open_workspace, print_json
+from archipel.cli.data_cmds import audit_app, data_app, policy_app
 
 app = typer.Typer(
     name="archipel",
@@ -27,36 +28,9 @@ app = typer.Typer(
 )
 sites_app = typer.Typer(help="Sites: list them, check their storage and compute.", no_args_is_help=True)
 app.add_typer(sites_app, name="sites")
-
-WorkspaceOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option(
-        "--workspace", "-w", help="Workspace directory (default: $ARCHIPEL_WORKSPACE, then upward from here)."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-class _State:
-    workspace_path: Path | None = None
-
-
-def _workspace(explicit: Path | None = None) -> Workspace:
-    from archipel.workspace import load_workspace
-
-    return load_workspace(explicit or _State.workspace_path)
-
-
-def _engine(workspace: Workspace) -> Engine:
-    from archipel.db import connect
-
-    return connect(workspace.db_url)
-
-
-def _print_json(data: Any) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+app.add_typer(data_app, name="data")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 
 
 def _print_version(value: bool) -> None:
@@ -75,7 +49,7 @@ def _root(
         typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
     ] = False,
 ) -> None:
-    _State.workspace_path = workspace
+    State.workspace_path = workspace
 
 
 @app.command()
@@ -92,7 +66,7 @@ def init(
     from archipel.services.init import init_workspace
 
     workspace = init_workspace(path, demo=demo, force=force)
-    engine = _engine(workspace)
+    engine = open_engine(workspace)
     apply_plan(workspace, engine, plan_apply(workspace, engine))
     render.console().print(
         f"Created {workspace.file} with {len(workspace.spec.sites)} site(s); next: "
@@ -110,11 +84,11 @@ def apply(
     from archipel.cli import render
     from archipel.services.apply import apply_plan, plan_apply
 
-    workspace = _workspace()
-    engine = _engine(workspace)
+    workspace = open_workspace()
+    engine = open_engine(workspace)
     plan = plan_apply(workspace, engine)
     if as_json:
-        _print_json(render.apply_plan_json(plan))
+        print_json(render.apply_plan_json(plan))
     else:
         render.apply_plan(plan)
     if plan.empty or dry_run:
@@ -141,10 +115,10 @@ def sites_ls(as_json: JsonOpt = False) -> None:
     from archipel.cli import render
     from archipel.services.sites import list_sites
 
-    workspace = _workspace()
-    views, pending = list_sites(workspace, _engine(workspace))
+    workspace = open_workspace()
+    views, pending = list_sites(workspace, open_engine(workspace))
     if as_json:
-        _print_json([v.as_json() for v in views])
+        print_json([v.as_json() for v in views])
         return
     render.sites_table(views)
     if pending:
@@ -163,10 +137,10 @@ def sites_check(
     from archipel.cli import render
     from archipel.services.sites import check_sites
 
-    workspace = _workspace()
-    results = check_sites(workspace, _engine(workspace), sites or None, timeout_s=timeout)
+    workspace = open_workspace()
+    results = check_sites(workspace, open_engine(workspace), sites or None, timeout_s=timeout)
     if as_json:
-        _print_json([r.as_json() for r in results])
+        print_json([r.as_json() for r in results])
     else:
         render.checks_table(results)
     if not all(r.health == "healthy" for r in results):
@@ -189,10 +163,10 @@ def offers(
     from archipel.services.offers import find_offers
 
     request = _offer_request(cpus, memory, accelerator, spot, site, provider)
-    workspace = _workspace()
+    workspace = open_workspace()
     rows = find_offers(workspace, request)
     if as_json:
-        _print_json([r.as_json() for r in rows[:limit]])
+        print_json([r.as_json() for r in rows[:limit]])
         return
     render.offers_table(rows[:limit], request, total=len(rows))
 
@@ -267,7 +241,7 @@ def demo(
     """Tell archipel's story on local sites standing in for clouds; prints only figures it computed."""
     from archipel.cli.demo import run_demo
 
-    ok = run_demo(workspace or _State.workspace_path, summary_path=summary)
+    ok = run_demo(workspace or State.workspace_path, summary_path=summary)
     if not ok:
         raise typer.Exit(code=1)
 

@@ -1,0 +1,1 @@
+"""Money: the cost ledger, budgets and reports."""

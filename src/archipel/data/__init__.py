@@ -1,0 +1,1 @@
+"""Datasets: ingest to Parquet, versions ``name@vN``, schema and content identity."""
