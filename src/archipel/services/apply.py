@@ -13,6 +13,7 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import SiteRow, WorkspaceStateRow
 from archipel.db.types import utcnow
 from archipel.models.site import SiteSpec
+from archipel.policy.audit import AuditLog
 from archipel.workspace import Workspace
 
 __all__ = ["ApplyPlan", "FieldChange", "SiteChange", "apply_plan", "plan_apply", "spec_hash"]
@@ -131,3 +132,13 @@ def apply_plan(workspace: Workspace, engine: Engine, plan: ApplyPlan) -> None:
         else:
             state.value = value
             state.updated_at = now
+    if plan.changes:
+        counts = plan.counts()
+        AuditLog(engine, workspace.state_dir).record(
+            action="workspace.apply",
+            subject=workspace.spec.name,
+            sites=sorted(change.name for change in plan.changes),
+            outcome="done",
+            reason=f"{counts['add']} site(s) added, {counts['change']} changed, {counts['remove']} removed",
+            details={"changes": {c.name: c.action for c in plan.changes}, "spec_hash": spec_hash(plan.desired)},
+        )
