@@ -30,7 +30,8 @@ HEAVY = [
 
 
 def test_pinned_all() -> None:
-    assert archipel.__all__ == ["__version__"]
+    assert archipel.__all__ == ["__version__", "read_dataset"]
+    assert callable(archipel.read_dataset)
 
 
 def test_help_imports_nothing_heavy() -> None:

@@ -155,3 +155,16 @@ def test_erase_removes_every_byte_and_keeps_the_fact(env) -> None:
     log = AuditLog(engine, ws.state_dir)
     assert [e.subject for e in log.entries(action="data.erase")] == ["patients@v1", "patients"]
     assert log.verify().ok
+
+
+def test_the_sdk_reads_like_user_code_would(env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import archipel
+
+    ws, engine, csv = env
+    add_dataset(ws, engine, "patients", csv, site="onprem-frankfurt", classification="phi")
+    monkeypatch.setenv("ARCHIPEL_SITE", "gcp-europe-west4")
+    table = archipel.read_dataset("patients", workspace=ws.root)
+    assert table.num_rows == 3
+    monkeypatch.setenv("ARCHIPEL_SITE", "aws-us-east-1")
+    with pytest.raises(PolicyViolation):
+        archipel.read_dataset("patients@v1", workspace=ws.root)
