@@ -6,14 +6,12 @@ heavy: no pydantic models, no SQLAlchemy, no SDKs.
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "read_dataset"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # the SDK's functions load on first use, so `import archipel` stays light
     if name == "read_dataset":
         from archipel.sdk import read_dataset

@@ -26,6 +26,8 @@ def read_dataset(
     ws = load_workspace(Path(workspace) if workspace is not None else None)
     engine = connect(ws.db_url)
     try:
-        return _read(ws, engine, ref, at_site=site or os.environ.get("ARCHIPEL_SITE") or None, as_pandas=as_pandas)
+        return _read(
+            ws, engine, ref, at_site=site or os.environ.get("ARCHIPEL_SITE") or None, as_pandas=as_pandas
+        )
     finally:
         engine.dispose()

@@ -2,7 +2,8 @@
 
 A backend's test module subclasses :class:`StorageConformance` and overrides the ``store_spec`` fixture with
 ``(url, options, base_dir)``; the suite opens the store through :func:`open_store` exactly as a workspace does,
-and can reopen it in another process (the killed-writer test).
+and can reopen it in another process (the killed-writer test). Backends with multipart uploads also inherit
+:class:`MultipartConformance`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from typing import Any
 
 import pytest
 
-from archipel.backends.storage.base import KeyValueStore, WithCleanup, WithServerSideCopy
+from archipel.backends.storage.base import (
+    KeyValueStore,
+    PartInfo,
+    WithCleanup,
+    WithMultipart,
+    WithServerSideCopy,
+)
 from archipel.backends.storage.blobs import BlobStore
 from archipel.backends.storage.registry import open_store
 from archipel.errors import IntegrityError, NotFound, SpecError
@@ -328,3 +335,132 @@ class CrossProcessConformance(StorageConformance):
         if isinstance(store, WithCleanup):
             assert store.cleanup(older_than_s=0) >= 1  # the dead writer's leftovers were there, and are gone
         self.assert_no_leftovers(store)
+
+
+HOSTILE_UPLOAD_IDS = [
+    "",
+    "../escape",
+    "a/../../b",
+    "..",
+    "a\x00b",
+    "x" * 2000,
+    "id with space",
+    "a;b",
+    "a?b=c",
+]
+
+
+class MultipartConformance:
+    """For stores with :class:`WithMultipart`; mixed into a class that provides the ``store`` fixture."""
+
+    @pytest.fixture
+    def mp(self, store: KeyValueStore) -> WithMultipart:
+        assert isinstance(store, WithMultipart), f"{type(store).__name__} has no multipart uploads"
+        assert "multipart" in type(store).features()
+        return store
+
+    @staticmethod
+    def _parts(mp: WithMultipart, count: int) -> list[bytes]:
+        """``count`` distinct parts: all of the minimum size but the last, which is shorter."""
+        size = max(mp.min_part_size, 100_000)
+        return [os.urandom(size) for _ in range(count - 1)] + [os.urandom(size // 3)]
+
+    def test_parts_uploaded_out_of_order_are_assembled_in_order(self, mp: WithMultipart) -> None:
+        parts = self._parts(mp, 3)
+        upload = mp.start_upload("mp/obj")
+        acked = {n: mp.upload_part("mp/obj", upload, n, parts[n - 1]) for n in (3, 1, 2)}
+        assert [acked[n].size for n in (1, 2, 3)] == [len(p) for p in parts]
+        assert all(acked[n].sha256 in (None, _sha(parts[n - 1])) for n in acked)
+        assert not mp.exists("mp/obj") and mp.list() == []  # nothing visible before completion
+        data = b"".join(parts)
+        result = mp.complete_upload(
+            "mp/obj", upload, [acked[n] for n in (1, 2, 3)], expected_sha256=_sha(data)
+        )
+        assert (result.key, result.size, result.sha256) == ("mp/obj", len(data), _sha(data))
+        assert mp.get("mp/obj") == data
+        assert [i.key for i in mp.list()] == ["mp/obj"]
+        self.assert_no_leftovers(mp)  # type: ignore[attr-defined]
+
+    def test_a_new_process_resumes_from_list_parts(self, mp: WithMultipart, store_spec: StoreSpec) -> None:
+        parts = self._parts(mp, 3)
+        upload = mp.start_upload("mp/resumed")
+        sent = [mp.upload_part("mp/resumed", upload, n, parts[n - 1]) for n in (1, 2)]
+        mp.upload_part("mp/resumed", upload, 2, parts[1])  # sending a part again replaces it
+        url, options, base_dir = store_spec
+        again = open_store(url, options, base_dir=base_dir)  # what a restarted process would open
+        assert isinstance(again, WithMultipart)
+        held = again.list_parts("mp/resumed", upload)
+        assert [(p.number, p.size, p.etag) for p in held] == [(p.number, p.size, p.etag) for p in sent]
+        last = again.upload_part("mp/resumed", upload, 3, parts[2])
+        data = b"".join(parts)
+        again.complete_upload("mp/resumed", upload, [*held, last], expected_sha256=_sha(data))
+        assert mp.get("mp/resumed") == data
+
+    def test_abort_leaves_nothing(self, mp: WithMultipart) -> None:
+        upload = mp.start_upload("mp/aborted")
+        mp.upload_part("mp/aborted", upload, 1, self._parts(mp, 2)[0])
+        mp.abort_upload("mp/aborted", upload)
+        mp.abort_upload("mp/aborted", upload)  # already gone: not an error
+        with pytest.raises(NotFound):
+            mp.list_parts("mp/aborted", upload)
+        assert mp.list() == [] and not mp.exists("mp/aborted")
+        self.assert_no_leftovers(mp)  # type: ignore[attr-defined]
+
+    def test_wrong_expected_sha256_on_complete_publishes_nothing(self, mp: WithMultipart) -> None:
+        if not mp.complete_checks_sha256:
+            pytest.skip(f"{type(mp).__name__} cannot hash an upload before publishing it (see WithMultipart)")
+        mp.put("mp/kept", b"old")
+        for key in ("mp/kept", "mp/fresh"):
+            upload = mp.start_upload(key)
+            part = mp.upload_part(key, upload, 1, b"new bytes")
+            with pytest.raises(IntegrityError, match="expected"):
+                mp.complete_upload(key, upload, [part], expected_sha256=_sha(b"other bytes"))
+            mp.abort_upload(key, upload)
+        assert mp.get("mp/kept") == b"old" and not mp.exists("mp/fresh")
+        self.assert_no_leftovers(mp)  # type: ignore[attr-defined]
+
+    def test_a_part_that_does_not_match_its_tag_publishes_nothing(self, mp: WithMultipart) -> None:
+        parts = self._parts(mp, 2)
+        upload = mp.start_upload("mp/tagged")
+        first = mp.upload_part("mp/tagged", upload, 1, parts[0])
+        second = mp.upload_part("mp/tagged", upload, 2, parts[1])
+        other = mp.upload_part("mp/elsewhere", mp.start_upload("mp/elsewhere"), 1, b"unrelated")
+        forged = PartInfo(2, second.size, other.etag, other.sha256)  # a tag the upload never acknowledged
+        with pytest.raises(IntegrityError):
+            mp.complete_upload("mp/tagged", upload, [first, forged], expected_sha256=_sha(b"".join(parts)))
+        assert not mp.exists("mp/tagged")
+        result = mp.complete_upload(
+            "mp/tagged", upload, [first, second], expected_sha256=_sha(b"".join(parts))
+        )
+        assert result.size == len(parts[0]) + len(parts[1])
+
+    def test_complete_needs_ascending_parts(self, mp: WithMultipart) -> None:
+        upload = mp.start_upload("mp/order")
+        parts = [mp.upload_part("mp/order", upload, n, data) for n, data in enumerate(self._parts(mp, 2), 1)]
+        for bad in ([], parts[::-1], [parts[0], parts[0]]):
+            with pytest.raises(SpecError):
+                mp.complete_upload("mp/order", upload, bad, expected_sha256=_sha(b""))
+        mp.abort_upload("mp/order", upload)
+        assert not mp.exists("mp/order")
+
+    @pytest.mark.parametrize("upload_id", HOSTILE_UPLOAD_IDS, ids=repr)
+    def test_hostile_upload_ids_and_part_numbers_are_refused_before_any_io(
+        self, mp: WithMultipart, upload_id: str
+    ) -> None:
+        part = PartInfo(1, 1, "etag")
+        for call in (
+            lambda: mp.upload_part("k", upload_id, 1, b"x"),
+            lambda: mp.list_parts("k", upload_id),
+            lambda: mp.complete_upload("k", upload_id, [part], expected_sha256=_sha(b"x")),
+            lambda: mp.abort_upload("k", upload_id),
+        ):
+            with pytest.raises(SpecError, match="upload id"):
+                call()
+        good = mp.start_upload("k")
+        for number in (0, -1, mp.max_parts + 1, True):
+            with pytest.raises(SpecError, match="part numbers"):
+                mp.upload_part("k", good, number, b"x")
+        with pytest.raises(SpecError, match="invalid storage key"):
+            mp.start_upload("../escape")
+        mp.abort_upload("k", good)
+        assert mp.list() == []

@@ -48,3 +48,43 @@ def test_demo_runs_and_every_figure_checks_out(tmp_path: Path) -> None:
     assert f"${rows[0].hourly:.4f}/h" in proc.stdout
     assert rows[0].offer.instance_type in proc.stdout
     engine.dispose()
+
+
+def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_path: Path) -> None:
+    from archipel.cost.ledger import entries
+    from archipel.policy.audit import AuditLog
+    from archipel.services.data import get_dataset
+
+    ws_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "archipel.cli", "demo", "--workspace", str(ws_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["data"]
+    ws = load_workspace(ws_dir)
+    engine = connect(ws.db_url)
+
+    eu = get_dataset(engine, "patients-eu").latest
+    assert data["datasets"][eu.ref] == {"rows": eu.rows, "bytes": eu.bytes, "sha256": eu.sha256}
+    assert set(eu.replicas) == {"onprem-frankfurt", "gcp-europe-west4"}
+    assert data["replicated"]["bytes_moved"] == eu.bytes and data["second_copy_bytes_moved"] == 0
+    # the refused copy left the US site without a byte of EU patient data
+    assert data["refused"]["rule"] == "default-personal-data-residency"
+    assert not [i.key for i in ws.storage("aws-us-east-1").list(f"datasets/{eu.dataset}/")]
+    # every egress dollar in the summary is a ledger line
+    with session_scope(engine) as session:
+        egress = entries(session, kind="egress")
+    assert round(sum(e.amount_usd for e in egress), 8) == data["egress_usd"] > 0
+    assert data["public_replica"]["egress_usd"] == round(egress[-1].amount_usd, 8)
+    # the audit log verifies now as it did in the demo, and holds the refusal
+    report = AuditLog(engine, ws.state_dir).verify()
+    assert report.ok and report.entries >= data["audit"]["entries"]
+    refused = [
+        e for e in AuditLog(engine, ws.state_dir).entries(action="policy.replicate") if e.outcome == "refused"
+    ]
+    assert [e.sites for e in refused] == [("aws-us-east-1",)]
+    assert "Refused patients-eu → aws-us-east-1 by rule default-personal-data-residency" in proc.stdout
+    engine.dispose()

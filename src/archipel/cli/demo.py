@@ -1,7 +1,8 @@
 """``archipel demo``: the story so far, on local sites standing in for clouds.
 
 Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks.
-The story grows with each capability: now workspace, sites (checked for real), and offers.
+The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
+policies, verified replication and the audit log.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from rich.rule import Rule
 
 from archipel.cli import render
+from archipel.cli.demo_data import data_step
 from archipel.db import connect
 from archipel.services.apply import apply_plan, plan_apply
 from archipel.services.init import init_workspace
@@ -96,6 +98,10 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
             "hourly_usd": s.hourly,
         }
 
+    data_summary, data_checks = data_step(workspace, engine, out)
+    summary["steps"]["data"] = data_summary
+    checks.update(data_checks)
+
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -103,7 +109,8 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     out.print(Rule("Next"))
     out.print(
-        f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | schema"
+        f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
+        "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:

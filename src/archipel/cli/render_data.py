@@ -151,8 +151,12 @@ def replicated(report: ReplicateReport) -> None:
     console().print(
         f"Replicated [bold]{report.ref}[/] {escape(report.source)} → {escape(report.dest)}: "
         f"{_size(report.bytes_moved)} moved and verified in {report.seconds:.2f} s"
-        f"{', sealed with the destination key' if report.sealed else ''}; egress "
-        f"${report.egress_usd:.6f} at ${report.egress_per_gb:.3f}/GB."
+        f"{', sealed with the destination key' if report.sealed else ''}; "
+        + (
+            f"egress ${report.egress_usd:.6f} at ${report.egress_per_gb:.3f}/GB."
+            if report.egress_per_gb
+            else f"no metered egress from {escape(report.source)} ($0/GB)."
+        )
     )
     console().print(f"[dim]{escape(report.decision.reason)}[/]")
 

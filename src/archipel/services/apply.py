@@ -140,5 +140,8 @@ def apply_plan(workspace: Workspace, engine: Engine, plan: ApplyPlan) -> None:
             sites=sorted(change.name for change in plan.changes),
             outcome="done",
             reason=f"{counts['add']} site(s) added, {counts['change']} changed, {counts['remove']} removed",
-            details={"changes": {c.name: c.action for c in plan.changes}, "spec_hash": spec_hash(plan.desired)},
+            details={
+                "changes": {c.name: c.action for c in plan.changes},
+                "spec_hash": spec_hash(plan.desired),
+            },
         )

@@ -288,7 +288,7 @@ def add_dataset(
         from archipel.transfer.sealed import seal_bytes
 
         data_key = _site_key(workspace, site)
-        store.put(key, seal_bytes(data_key, ingested.data))
+        store.put(key, seal_bytes(ingested.data, data_key))
         key_id = data_key.key_id
     else:
         store.put(key, ingested.data, expected_sha256=ingested.sha256)
@@ -383,7 +383,7 @@ def _read_replica(workspace: Workspace, version: VersionView, site: str) -> byte
     if version.replicas.get(site):
         from archipel.transfer.sealed import open_bytes
 
-        data = open_bytes(_site_key(workspace, site), data)
+        data = open_bytes(data, _site_key(workspace, site), where=f"{version.ref} at {site}")
     if hashlib.sha256(data).hexdigest() != version.sha256:
         raise IntegrityError(f"{version.ref} at {site} does not match its sha256 {version.sha256}")
     return data

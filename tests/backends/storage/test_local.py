@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from archipel.backends.storage.base import KeyValueStore
+from archipel.backends.storage.base import KeyValueStore, PartInfo
 from archipel.backends.storage.local import LocalStore
-from archipel.errors import NotFound, SpecError
-from tests.conformance.storage import CrossProcessConformance, StoreSpec
+from archipel.errors import IntegrityError, NotFound, SpecError
+from tests.conformance.storage import CrossProcessConformance, MultipartConformance, StoreSpec
 
 
-class TestLocalStore(CrossProcessConformance):
+class TestLocalStore(CrossProcessConformance, MultipartConformance):
     @pytest.fixture
     def store_spec(self, tmp_path: Path) -> StoreSpec:
         return "file://site", {}, tmp_path
@@ -74,3 +74,47 @@ def test_cleanup_spares_fresh_temp_files(tmp_path: Path) -> None:
 def test_opening_a_missing_folder_without_create(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         LocalStore(tmp_path / "missing", create=False)
+
+
+# -- multipart specifics of a folder ------------------------------------------------------------------------------
+
+
+def test_a_part_altered_on_disk_is_refused_on_complete(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload = store.start_upload("obj")
+    parts = [store.upload_part("obj", upload, n, bytes([n]) * 1000) for n in (1, 2)]
+    [part_file] = (store.root / ".tmp" / f"mpu-{upload}").glob("00002-*.part")
+    part_file.write_bytes(b"\x02" * 999 + b"\x03")
+    with pytest.raises(IntegrityError, match=r"part 2 .* corrupt"):
+        store.complete_upload("obj", upload, parts)
+    assert not store.exists("obj") and store.list() == []
+    assert [p.name for p in (store.root / ".tmp").iterdir()] == [f"mpu-{upload}"]  # the assembly temp is gone
+
+
+def test_an_upload_belongs_to_its_key_and_its_tags_never_become_paths(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload = store.start_upload("a")
+    part = store.upload_part("a", upload, 1, b"x")
+    with pytest.raises(NotFound, match="no multipart upload"):
+        store.upload_part("b", upload, 1, b"x")
+    with pytest.raises(NotFound):
+        store.list_parts("b", upload)
+    with pytest.raises(SpecError, match="not a local part tag"):
+        store.complete_upload("a", upload, [PartInfo(1, 1, "../../../etc/passwd")])
+    with pytest.raises(IntegrityError, match="not held"):
+        store.complete_upload("a", upload, [PartInfo(1, 1, "0" * 64)])
+    assert store.complete_upload("a", upload, [part]).sha256 == part.sha256
+
+
+def test_cleanup_removes_abandoned_uploads_but_not_live_ones(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    abandoned = store.start_upload("old")
+    store.upload_part("old", abandoned, 1, b"x")
+    folder = store.root / ".tmp" / f"mpu-{abandoned}"
+    os.utime(folder, (0, 0))
+    live = store.start_upload("new")
+    assert store.cleanup(older_than_s=3600) == 1
+    assert not folder.exists()
+    assert store.list_parts("new", live) == []
+    with pytest.raises(NotFound):
+        store.list_parts("old", abandoned)

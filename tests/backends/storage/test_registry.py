@@ -58,4 +58,4 @@ def test_object_stores_need_a_bucket() -> None:
 
 
 def test_features_are_derived_from_mixins() -> None:
-    assert LocalStore.features() == {"server_side_copy", "cleanup"}
+    assert LocalStore.features() == {"server_side_copy", "cleanup", "multipart"}

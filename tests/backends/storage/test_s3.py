@@ -9,7 +9,7 @@ import pytest
 from archipel.backends.storage.base import KeyValueStore
 from archipel.backends.storage.fsspec_store import FsspecStore
 from archipel.backends.storage.registry import open_store
-from tests.conformance.storage import CrossProcessConformance, StoreSpec
+from tests.conformance.storage import CrossProcessConformance, MultipartConformance, StoreSpec
 from tests.conftest import S3Endpoint
 
 PART = 5 * 1024 * 1024  # S3's smallest multipart part, so a few MiB already make a multipart upload
@@ -21,7 +21,7 @@ def _uploads(s3: S3Endpoint, bucket: str) -> list[dict]:
     return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
-class TestS3Store(CrossProcessConformance):
+class TestS3Store(CrossProcessConformance, MultipartConformance):
     @pytest.fixture
     def store_spec(self, s3: S3Endpoint, s3_bucket: str) -> StoreSpec:
         return f"s3://{s3_bucket}/sites/aws", s3.options(default_block_size=PART), None
@@ -89,3 +89,11 @@ def test_an_unreachable_endpoint_is_a_storage_error(s3: S3Endpoint) -> None:
     )
     with pytest.raises(StorageError, match=r"127\.0\.0\.1:9"):
         store.put("k", b"x")
+
+
+def test_multipart_is_a_feature_of_s3_only() -> None:
+    from archipel.backends.storage.fsspec_store import S3Store
+
+    assert S3Store.features() == {"server_side_copy", "cleanup", "multipart"}
+    assert "multipart" not in FsspecStore.features()  # memory://, gs://, az:// stream through put()
+    assert "multipart" not in type(open_store("memory://archipel-features")).features()

@@ -16,9 +16,10 @@ are mixins; :meth:`KeyValueStore.features` derives the feature set from the clas
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +33,10 @@ __all__ = [
     "Data",
     "KeyValueStore",
     "ObjectInfo",
+    "PartInfo",
     "PutResult",
     "WithCleanup",
+    "WithMultipart",
     "WithServerSideCopy",
     "iter_chunks",
     "validate_sha256",
@@ -249,6 +252,16 @@ class WithServerSideCopy(KeyValueStore):
             self._copy(source, dest)
         return self.info(dest)
 
+    def shares_location(self, other: KeyValueStore) -> bool:
+        """Whether ``other`` addresses the very same objects through the same service as this store, so that
+        :meth:`copy` can move an object from one to the other without streaming it through this process."""
+        return type(other) is type(self) and self._location() == other._location()  # type: ignore[attr-defined]
+
+    def _location(self) -> Hashable:
+        """What identifies the objects this store addresses (never credentials); two stores with equal
+        locations see the same keys. The URL, unless a backend knows better (e.g. an endpoint)."""
+        return self.url
+
     @abstractmethod
     def _copy(self, source: str, dest: str) -> None: ...
 
@@ -267,3 +280,134 @@ class WithCleanup(KeyValueStore):
 
     @abstractmethod
     def _cleanup(self, older_than_s: float) -> int: ...
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One part of a multipart upload as the backend holds it.
+
+    ``etag`` is the backend's tag for the part (what completing the upload needs); ``sha256`` is the hex
+    sha256 of the part's bytes when the backend reports it (``None`` when it does not, e.g. moto's listings).
+    """
+
+    number: int
+    size: int
+    etag: str
+    sha256: str | None = None
+
+
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+MAX_PART_NUMBER = 10_000
+
+
+class WithMultipart(KeyValueStore):
+    """The backend assembles an object from parts uploaded independently, in any order and from any process.
+
+    Contract, checked by ``MultipartConformance`` in ``tests/conformance/storage.py``:
+
+    - Nothing is visible under ``key`` before :meth:`complete_upload` returns; :meth:`abort_upload` (or the
+      store's ``cleanup``) removes every trace of an unfinished upload.
+    - Parts are numbered from 1; every part but the last holds at least ``min_part_size`` bytes. Uploading a
+      number again replaces that part. :meth:`list_parts` reports what the backend really holds, so a caller
+      that died can resume by sending only the missing parts.
+    - :meth:`complete_upload` publishes the listed parts, in ascending order, atomically, after checking that
+      each part still holds the bytes it was acknowledged with (its ``etag``/``sha256``).
+      Where ``complete_checks_sha256`` is true the store also hashes the assembled object and, on a mismatch
+      with ``expected_sha256``, raises :class:`IntegrityError` and publishes nothing. Where it is false (S3:
+      an upload's parts cannot be read before it completes) the store cannot hash the whole object, so it
+      requires ``expected_sha256`` and reports it in the result on the caller's word: the caller must have
+      hashed, in order, the bytes it uploaded (the transfer engine does).
+    - Upload ids are opaque strings; any id that comes back from outside (a resume manifest) is validated
+      against ``upload_id_pattern`` before use, so it can never become a path or inject a parameter.
+    """
+
+    feature = "multipart"
+    min_part_size: ClassVar[int] = 5 * 1024 * 1024
+    max_parts: ClassVar[int] = MAX_PART_NUMBER
+    complete_checks_sha256: ClassVar[bool] = False
+    upload_id_pattern: ClassVar[re.Pattern[str]] = _UPLOAD_ID
+
+    def _check_upload_id(self, upload_id: str) -> str:
+        if not isinstance(upload_id, str) or not self.upload_id_pattern.fullmatch(upload_id):
+            shown = repr(upload_id)[:60]
+            raise SpecError(f"{shown} is not a valid multipart upload id for {self.url}")
+        return upload_id
+
+    def _check_part_number(self, number: int) -> int:
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= self.max_parts:
+            raise SpecError(f"part numbers run from 1 to {self.max_parts}, got {number!r}")
+        return number
+
+    def start_upload(self, key: str) -> str:
+        """Begin an upload to ``key``; return its id. Nothing is visible under ``key`` yet."""
+        with self._errors("start_upload", validate_key(key)):
+            upload_id = self._start_upload(key)
+        return self._check_upload_id(upload_id)
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview
+    ) -> PartInfo:
+        """Store part ``number`` (1-based) of the upload durably and return what the backend acknowledged."""
+        validate_key(key)
+        self._check_upload_id(upload_id)
+        self._check_part_number(number)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SpecError(f"upload_part takes bytes, not {type(data).__name__}")
+        with self._errors("upload_part", key):
+            return self._upload_part(key, upload_id, number, data)
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts the backend holds for this upload, by number. Raises :class:`NotFound` if it is gone."""
+        validate_key(key)
+        self._check_upload_id(upload_id)
+        with self._errors("list_parts", key):
+            return sorted(self._list_parts(key, upload_id), key=lambda part: part.number)
+
+    def complete_upload(
+        self, key: str, upload_id: str, parts: list[PartInfo], *, expected_sha256: str | None = None
+    ) -> PutResult:
+        """Publish ``parts`` (ascending numbers) as the object ``key``; see the class contract."""
+        validate_key(key)
+        self._check_upload_id(upload_id)
+        if not parts:
+            raise SpecError(f"completing the upload of {key!r} needs at least one part")
+        numbers = [self._check_part_number(part.number) for part in parts]
+        if any(b <= a for a, b in itertools.pairwise(numbers)):
+            raise SpecError(f"parts must be listed in strictly ascending order, got {numbers}")
+        if expected_sha256 is not None:
+            validate_sha256(expected_sha256)
+        elif not self.complete_checks_sha256:
+            raise SpecError(
+                f"{type(self).__name__} cannot hash an upload before publishing it: pass the expected_sha256 "
+                "of the bytes uploaded, hashed in order"
+            )
+        with self._errors("complete_upload", key):
+            return self._complete_upload(key, upload_id, parts, expected_sha256)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Discard the upload and its parts. Aborting an upload that is already gone is not an error."""
+        validate_key(key)
+        self._check_upload_id(upload_id)
+        with self._errors("abort_upload", key):
+            self._abort_upload(key, upload_id)
+
+    @abstractmethod
+    def _start_upload(self, key: str) -> str: ...
+
+    @abstractmethod
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview
+    ) -> PartInfo:
+        """Store the part durably (it survives this process) before returning; raise NotFound if the upload
+        is gone."""
+
+    @abstractmethod
+    def _list_parts(self, key: str, upload_id: str) -> Iterable[PartInfo]: ...
+
+    @abstractmethod
+    def _complete_upload(
+        self, key: str, upload_id: str, parts: list[PartInfo], expected_sha256: str | None
+    ) -> PutResult: ...
+
+    @abstractmethod
+    def _abort_upload(self, key: str, upload_id: str) -> None: ...

@@ -34,7 +34,7 @@ PLUGINS: dict[str, StoragePlugin] = {
     "file": StoragePlugin("archipel.backends.storage.local:LocalStore"),
     "memory": StoragePlugin("archipel.backends.storage.fsspec_store:FsspecStore"),
     "s3": StoragePlugin(
-        "archipel.backends.storage.fsspec_store:FsspecStore", "s3fs", "pip install 'archipel[s3]'"
+        "archipel.backends.storage.fsspec_store:S3Store", "s3fs", "pip install 'archipel[s3]'"
     ),
     "gs": StoragePlugin(
         "archipel.backends.storage.fsspec_store:FsspecStore", "gcsfs", "pip install 'archipel[gcs]'"
