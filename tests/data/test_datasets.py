@@ -168,3 +168,43 @@ def test_the_sdk_reads_like_user_code_would(env, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ARCHIPEL_SITE", "aws-us-east-1")
     with pytest.raises(PolicyViolation):
         archipel.read_dataset("patients@v1", workspace=ws.root)
+
+
+def test_replication_is_policy_checked_verified_charged_and_idempotent(env) -> None:
+    from archipel.cost.ledger import entries
+    from archipel.db import session_scope
+    from archipel.services.data import replicate_dataset
+
+    ws, engine, csv = env
+    eu = add_dataset(ws, engine, "patients", csv, site="onprem-frankfurt", classification="phi").version
+    with pytest.raises(PolicyViolation) as refused:
+        replicate_dataset(ws, engine, "patients", "aws-us-east-1")
+    assert refused.value.rule == "default-personal-data-residency"
+    assert ws.storage("aws-us-east-1").list() == []  # not a byte, not a temp file
+    audit = AuditLog(engine, ws.state_dir)
+    (entry,) = [e for e in audit.entries(action="policy.replicate") if e.outcome == "refused"]
+    assert entry.rule == "default-personal-data-residency" and entry.sites == ("aws-us-east-1",)
+
+    first = replicate_dataset(ws, engine, "patients", "gcp-europe-west4")
+    assert first.bytes_moved == eu.bytes and first.source == "onprem-frankfurt"
+    assert ws.storage("gcp-europe-west4").get(eu.key) == ws.storage("onprem-frankfurt").get(eu.key)
+    second = replicate_dataset(ws, engine, "patients", "gcp-europe-west4")
+    assert second.bytes_moved == 0 and second.already_present
+
+    # a public dataset leaving AWS for GCP pays AWS's internet egress, written to the ledger
+    add_dataset(ws, engine, "codes", csv, site="aws-us-east-1", classification="public")
+    public = replicate_dataset(ws, engine, "codes", "gcp-europe-west4")
+    with session_scope(engine) as session:
+        onprem, line = entries(session, kind="egress")
+    assert onprem.site == "onprem-frankfurt" and onprem.amount_usd == 0  # own network: recorded, not charged
+    assert line.site == "aws-us-east-1" and line.dest_site == "gcp-europe-west4"
+    assert line.quantity == pytest.approx(public.bytes_moved / 1e9) and line.amount_usd == pytest.approx(
+        public.egress_usd
+    )
+    assert line.unit_price_usd == ws.catalog.egress.rate("aws", "internet").price_per_gb
+
+    # erasure reaches every replica
+    erase_dataset(ws, engine, "patients")
+    for site in ws.spec.sites:
+        assert not [i.key for i in ws.storage(site).list("datasets/patients/")]
+    assert audit.verify().ok
