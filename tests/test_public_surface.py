@@ -12,6 +12,8 @@ from archipel import errors
 HEAVY = [
     "pyarrow",
     "pandas",
+    "scipy",
+    "numpy",
     "onnxruntime",
     "sklearn",
     "boto3",
