@@ -72,7 +72,9 @@ def test_a_constraint_never_lowers_the_optimum(problem: Problem, data: st.DataOb
     banned = data.draw(st.sampled_from(step.options))
     narrower = Problem(
         tuple(
-            StepProblem(s.name, tuple(o for o in s.options if o != banned), s.rejections, s.needs)
+            StepProblem(
+                s.name, tuple(o for o in s.options if s is not step or o != banned), s.rejections, s.needs
+            )
             for s in problem.steps
         ),
         problem.edges,

@@ -159,3 +159,11 @@ def test_schema_is_generated_from_models() -> None:
     assert set(site["required"]) >= {"provider", "region", "jurisdiction", "storage"}
     assert site["properties"]["provider"]["enum"] == ["aws", "gcp", "azure", "onprem", "edge", "local"]
     assert "description" in site["properties"]["storage"]
+
+
+def test_memory_defaults_are_sizes_not_gib_counts() -> None:
+    from archipel.models.job import Resources
+    from archipel.models.site import Capacity
+
+    assert Capacity().memory == 16 * 2**30
+    assert Resources().memory == 4 * 2**30

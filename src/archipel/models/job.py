@@ -113,7 +113,7 @@ class Resources(StrictModel):
     """What one node of the job needs."""
 
     cpus: float = Field(1, gt=0)
-    memory: GiB = Field(4 * 2**30, gt=0)
+    memory: GiB = Field("4GiB", gt=0, validate_default=True)
     """Memory per node: '16GiB' or a number of GiB."""
     accelerators: Annotated[dict[str, int], BeforeValidator(_accelerators)] = Field(default_factory=dict)
     """Accelerators per node: 'A100:1', a list of them, or {A100: 1}."""

@@ -39,7 +39,7 @@ class Capacity(StrictModel):
 
     cpus: float = Field(4, gt=0)
     """Virtual CPUs available to archipel's jobs at this site."""
-    memory: GiB = Field(16 * 2**30, gt=0)
+    memory: GiB = Field("16GiB", gt=0, validate_default=True)
     """Memory available to jobs: '16GiB' or a number of GiB."""
     accelerators: dict[str, int] = Field(default_factory=dict)
     """Accelerators by name and count, e.g. {A100: 8}."""
@@ -114,6 +114,8 @@ class SiteSpec(StrictModel):
     location: Location | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels that policies may select on (tier: gpu, owner: research)."""
+    spot_preemption_per_hour: float | None = Field(None, ge=0)
+    """Spot preemptions per hour at this site; None uses the provider's estimate (archipel.pricing.preemption)."""
     encryption: SiteEncryption | None = None
     """The site's data key for encryption at rest (required where a policy says encrypt_at_rest)."""
     enabled: bool = True

@@ -107,9 +107,15 @@ class Rejection:
     detail: str
     rule: str | None = None
     """The policy rule (kind ``policy``) or budget (kind ``budget``) that decided."""
+    would_cost_usd: float | None = None
+    """What the site's best offer would have cost (compute + input egress), where it has one: the price of
+    the rule."""
 
     def as_json(self) -> dict[str, Any]:
-        return {"site": self.site, "kind": self.kind, "rule": self.rule, "detail": self.detail}
+        out = {"site": self.site, "kind": self.kind, "rule": self.rule, "detail": self.detail}
+        if self.would_cost_usd is not None:
+            out["would_cost_usd"] = round(self.would_cost_usd, 6)
+        return out
 
 
 @dataclass(frozen=True)

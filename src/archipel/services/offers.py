@@ -9,7 +9,7 @@ from archipel.models.site import CLOUD_PROVIDERS
 from archipel.pricing.catalog import InstanceOffer, amortized_offer
 from archipel.workspace import Workspace
 
-__all__ = ["OfferRequest", "SiteOffer", "find_offers"]
+__all__ = ["OfferRequest", "SiteOffer", "find_offers", "fits_capacity"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SiteOffer:
         }
 
 
-def _fits_capacity(workspace: Workspace, site_name: str, req: OfferRequest) -> bool:
+def fits_capacity(workspace: Workspace, site_name: str, req: OfferRequest) -> bool:
     cap = workspace.site(site_name).capacity
     if req.cpus > cap.cpus or req.memory_gib * 2**30 > cap.memory:
         return False
@@ -69,7 +69,7 @@ def find_offers(workspace: Workspace, req: OfferRequest) -> list[SiteOffer]:
             continue
         if req.providers and site.provider not in req.providers:
             continue
-        if not _fits_capacity(workspace, name, req):
+        if not fits_capacity(workspace, name, req):
             continue
         if site.provider in CLOUD_PROVIDERS:
             matches = catalog.match(
