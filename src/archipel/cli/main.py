@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from archipel.cli.common import JsonOpt, State, WorkspaceOpt, open_engine, open_workspace, print_json
 from archipel.cli.data_cmds import audit_app, data_app, policy_app
+from archipel.cli.plan_cmds import plan_command
 
 app = typer.Typer(
     name="archipel",
@@ -31,6 +32,7 @@ app.add_typer(sites_app, name="sites")
 app.add_typer(data_app, name="data")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+app.command("plan")(plan_command)
 
 
 def _print_version(value: bool) -> None:

@@ -32,14 +32,23 @@ class Placement:
     ranked: tuple[Option, ...]
     """Every feasible option, best first (by the objective, this step alone, parents as placed)."""
     rejections: tuple[Rejection, ...]
+    incoming_usd: tuple[float, ...] = ()
+    """Parallel to ``ranked``: egress of the parents' outputs to that option's site."""
+
+    def cost_of(self, option: Option) -> float:
+        """The option's total including its parents' step egress (what choosing it would add to the plan)."""
+        return option.total_usd + self.incoming_usd[self.ranked.index(option)]
 
     def as_json(self, limit: int = 10) -> dict[str, Any]:
-        base = self.chosen.total_usd
         return {
             "step": self.step,
             "chosen": self.chosen.as_json(),
             "alternatives": [
-                {**o.as_json(), "delta_usd": round(o.total_usd - base, 6)}
+                {
+                    **o.as_json(),
+                    "step_egress_usd": round(self.cost_of(o) - o.total_usd, 6),
+                    "delta_usd": round(self.cost_of(o) - self.cost_of(self.chosen), 6),
+                }
                 for o in self.ranked[:limit]
                 if o != self.chosen
             ],
@@ -282,19 +291,27 @@ def plan(
 
 
 def _explain(problem: Problem, choice: Choice, solver: str, seconds: float) -> Plan:
-    incoming: dict[str, list[Edge]] = {}
+    incoming_edges: dict[str, list[Edge]] = {}
     for edge in problem.edges:
-        incoming.setdefault(edge.dst, []).append(edge)
+        incoming_edges.setdefault(edge.dst, []).append(edge)
     placements = []
     for step in problem.steps:
 
         def local(option: Option, name: str = step.name) -> float:
             return problem.option_weight(option) + sum(
-                problem.edge_weight(e, choice[e.src].site, option.site) for e in incoming.get(name, [])
+                problem.edge_weight(e, choice[e.src].site, option.site) for e in incoming_edges.get(name, [])
             )
 
         ranked = tuple(sorted(step.options, key=lambda o: (local(o), o.site, o.offer, o.spot)))
-        placements.append(Placement(step.name, choice[step.name], ranked, step.rejections))
+        incoming = tuple(
+            sum(
+                e.bytes / GB * problem.egress_per_gb.get((choice[e.src].site, o.site), 0.0)
+                for e in incoming_edges.get(step.name, [])
+                if choice[e.src].site != o.site
+            )
+            for o in ranked
+        )
+        placements.append(Placement(step.name, choice[step.name], ranked, step.rejections, incoming))
     moves = []
     for edge in problem.edges:
         a, b = choice[edge.src].site, choice[edge.dst].site
