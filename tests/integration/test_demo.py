@@ -87,4 +87,19 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     ]
     assert [e.sites for e in refused] == [("aws-us-east-1",)]
     assert "Refused patients-eu → aws-us-east-1 by rule default-personal-data-residency" in proc.stdout
+
+    # the plan step: planning again now gives the same plan, for the same reasons
+    from archipel.cli.demo_plan import DEMO_PIPELINE
+    from archipel.services.plan import make_plan
+
+    plan = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["plan"]
+    again = make_plan(ws, engine, DEMO_PIPELINE)
+    assert again.fingerprint == plan["fingerprint"]
+    assert round(again.plan.total_usd, 6) == plan["total_usd"]
+    assert {p.step: p.chosen.site for p in again.plan.placements} == {
+        k: v["site"] for k, v in plan["placements"].items()
+    }
+    assert {(r["step"], r["site"], r["rule"]) for r in plan["refused"]} == {
+        (step, "aws-us-east-1", "default-personal-data-residency") for step in ("prepare", "train")
+    }
     engine.dispose()
