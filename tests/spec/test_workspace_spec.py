@@ -167,3 +167,15 @@ def test_memory_defaults_are_sizes_not_gib_counts() -> None:
 
     assert Capacity().memory == 16 * 2**30
     assert Resources().memory == 4 * 2**30
+
+
+def test_specs_round_trip_through_json() -> None:
+    from archipel.cli.demo_plan import DEMO_PIPELINE
+    from archipel.models.job import PipelineSpec
+    from archipel.services.init import DEMO_SPEC
+    from archipel.spec.yaml_loader import load_yaml
+
+    assert PipelineSpec.model_validate(DEMO_PIPELINE.model_dump(mode="json")) == DEMO_PIPELINE
+    data, _ = load_yaml(DEMO_SPEC, "demo")
+    spec = WorkspaceSpec.model_validate(data)
+    assert WorkspaceSpec.model_validate(spec.model_dump(mode="json")) == spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from archipel.models.units import parse_duration, parse_size
 
@@ -54,7 +54,12 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Bytes = Annotated[int, BeforeValidator(_to_bytes)]
 """A size: ``'16GiB'``, ``'500MB'`` or a number of bytes."""
 
-GiB = Annotated[int, BeforeValidator(_gib_to_bytes)]
+def _bytes_text(value: int) -> str:
+    """Bytes as a size string that parses back to the same number whatever the field's default unit."""
+    return f"{value // 2**30}GiB" if value % 2**30 == 0 else f"{value}B"
+
+
+GiB = Annotated[int, BeforeValidator(_gib_to_bytes), PlainSerializer(_bytes_text, when_used="json")]
 """A memory size: ``'16GiB'`` or a bare number of GiB; stored in bytes."""
 
 Seconds = Annotated[float, BeforeValidator(_to_seconds)]

@@ -31,7 +31,7 @@ from archipel.spec.validate import parse_model
 from archipel.spec.yaml_loader import load_yaml
 from archipel.workspace import Workspace
 
-__all__ = ["PlanResult", "build_problem", "load_plan_spec", "make_plan"]
+__all__ = ["PlanResult", "build_problem", "check_saved_plan", "load_plan_spec", "make_plan"]
 
 OFFERS_PER_SITE = 3
 DEFAULT_OUTPUT_BYTES = {"dataset": 1 * 2**30, "artifact": 100 * 2**20}
@@ -71,6 +71,7 @@ class PlanResult:
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
+            "spec": self.spec.model_dump(mode="json"),
             "fingerprint": self.fingerprint,
             "pins": {
                 name: pin.__dict__ | {"replicas": list(pin.replicas)} for name, pin in self.pins.items()
@@ -324,3 +325,25 @@ def make_plan(
     problem, pins = build_problem(workspace, engine, spec, objective=objective)
     result = plan(problem, solver)  # type: ignore[arg-type]
     return PlanResult(spec, problem, result, pins, _fingerprint(problem, pins, spec))
+
+
+def check_saved_plan(workspace: Workspace, engine: Engine, saved: dict[str, Any]) -> PlanResult:
+    """Re-plan a saved plan's spec and refuse (:class:`Conflict`) if anything it depended on changed.
+
+    Prices, dataset versions and replicas, policies, site health, budgets and the spec itself all feed the
+    fingerprint; a saved plan runs only while they are as they were (Terraform's saved-plan habit).
+    """
+    from archipel.errors import Conflict
+
+    spec = PipelineSpec.model_validate(saved["spec"])
+    current = make_plan(workspace, engine, spec, objective=saved.get("objective", "cost"))
+    if current.fingerprint != saved.get("fingerprint"):
+        chosen = {p["step"]: p["chosen"]["site"] for p in saved.get("steps", [])}
+        now = {p.step: p.chosen.site for p in current.plan.placements}
+        moved = [f"{step}: {chosen.get(step)} -> {site}" for step, site in now.items() if chosen.get(step) != site]
+        raise Conflict(
+            "the saved plan is stale: prices, data, policies, site health or budgets changed since it was made"
+            + (f" (placements now differ: {'; '.join(moved)})" if moved else " (placements are unchanged)")
+            + "; plan again"
+        )
+    return current
