@@ -9,17 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archipel.cli.main import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli.conftest import run
 
 
 def test_init_demo_then_sites_ls_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,21 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from archipel.cli.main import main
 from archipel.db import connect
 from archipel.services.data import add_dataset
+from tests.cli.conftest import run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
