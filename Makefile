@@ -40,6 +40,8 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/planner.py
+	$(BIN)/python benchmarks/transfer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,7 +6,9 @@ explanation is data (ranked options per step, rejections, every cost term).
 The MILP: a binary ``x[s,o]`` per step and option, one per step; for every edge ``a → b`` a continuous
 ``y[i,j] >= 0`` per pair of sites, constrained like a transportation problem (row sums equal ``a``'s site choice,
 column sums ``b``'s), so with integral ``x`` exactly ``y[site(a), site(b)] = 1``; the objective adds the options'
-own weights and ``y`` times the edge's egress (or transfer time). A hard budget is one more row.
+own weights and ``y`` times the edge's egress (or transfer time). A hard budget is one more row. The LP
+relaxation is solved first and accepted when its rounded choice is provably optimal (it usually is: the edge
+rows are a transportation polytope); otherwise HiGHS branches.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ def _over_budget(problem: Problem) -> PolicyViolation:
 def solve_milp(problem: Problem) -> Choice:
     """The exact optimum with HiGHS through ``scipy.optimize.milp``."""
     import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
     from scipy.sparse import coo_array
 
     cost: list[float] = []
@@ -254,19 +256,56 @@ def solve_milp(problem: Problem) -> Choice:
 
     n = len(cost)
     matrix = coo_array((vals, (rows, cols)), shape=(len(lower), n)).tocsr()
+    c, lo, hi = np.array(cost), np.array(lower), np.array(upper)
+
+    def decode(x: Any) -> Choice:
+        choice: Choice = {}
+        for step in problem.steps:
+            k = max(range(len(step.options)), key=lambda k: x[x_index[(step.name, k)]])
+            choice[step.name] = step.options[k]
+        return choice
+
+    # The LP relaxation is usually integral here (the edge rows form a transportation polytope): solve it first,
+    # and accept its answer when the rounded choice is provably optimal (integral, or as good as the LP bound).
+    relaxed = linprog(c, bounds=(0, 1), method="highs", **_as_inequalities(matrix, lo, hi))
+    if relaxed.status == 2:  # infeasible even fractionally: only the budget row can make it so
+        raise _over_budget(problem)
+    if relaxed.status == 0:
+        choice = decode(relaxed.x)
+        within = problem.budget_usd is None or _usd(problem, choice) <= problem.budget_usd + 1e-9
+        if within and _objective(problem, choice) <= relaxed.fun + 1e-9 * max(1.0, abs(relaxed.fun)):
+            return choice
     result = milp(
-        c=np.array(cost),
-        constraints=LinearConstraint(matrix, np.array(lower), np.array(upper)),
+        c=c,
+        constraints=LinearConstraint(matrix, lo, hi),
         integrality=np.array(integrality),
         bounds=Bounds(np.zeros(n), np.ones(n)),
     )
     if result.status == 2 or result.x is None:  # infeasible: only the budget row can make it so
         raise _over_budget(problem)
-    choice: Choice = {}
-    for step in problem.steps:
-        k = max(range(len(step.options)), key=lambda k: result.x[x_index[(step.name, k)]])
-        choice[step.name] = step.options[k]
-    return choice
+    return decode(result.x)
+
+
+def _as_inequalities(matrix: Any, lo: Any, hi: Any) -> dict[str, Any]:
+    """``lo <= A x <= hi`` as linprog's ``A_eq``/``A_ub`` arguments."""
+    import numpy as np
+    from scipy.sparse import vstack
+
+    eq = lo == hi
+    upper = ~eq & np.isfinite(hi)
+    lower = ~eq & np.isfinite(lo)
+    parts, bounds = [], []
+    if upper.any():
+        parts.append(matrix[upper])
+        bounds.append(hi[upper])
+    if lower.any():
+        parts.append(-matrix[lower])
+        bounds.append(-lo[lower])
+    out: dict[str, Any] = {"A_eq": matrix[eq], "b_eq": lo[eq]}
+    if parts:
+        out["A_ub"] = vstack(parts).tocsr()
+        out["b_ub"] = np.concatenate(bounds)
+    return out
 
 
 def plan(
