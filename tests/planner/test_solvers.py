@@ -59,7 +59,9 @@ def _cost(problem: Problem, choice: dict[str, Option]) -> float:
 @given(problems())
 def test_milp_cost_equals_brute_force(problem: Problem) -> None:
     assert _cost(problem, solve_milp(problem)) == pytest.approx(
-        _cost(problem, brute_force(problem)), rel=1e-7, abs=1e-7
+        _cost(problem, brute_force(problem)),
+        rel=1e-6,
+        abs=1e-4,  # HiGHS tolerances: a hundredth of a cent
     )
 
 
@@ -80,14 +82,14 @@ def test_a_constraint_never_lowers_the_optimum(problem: Problem, data: st.DataOb
         problem.edges,
         problem.egress_per_gb,
     )
-    assert plan(narrower).total_usd >= plan(problem).total_usd - 1e-7
+    assert plan(narrower).total_usd >= plan(problem).total_usd * (1 - 1e-6) - 1e-4
 
 
 @settings(max_examples=40, deadline=None)
 @given(problems())
 def test_greedy_is_feasible_and_never_beats_the_milp(problem: Problem) -> None:
     exact, rough = plan(problem, "milp"), plan(problem, "greedy")
-    assert rough.total_usd >= exact.total_usd - 1e-7
+    assert rough.total_usd >= exact.total_usd * (1 - 1e-6) - 1e-4
     for placement in rough.placements:
         assert placement.chosen in problem.step(placement.step).options
 

@@ -280,6 +280,7 @@ def solve_milp(problem: Problem) -> Choice:
         constraints=LinearConstraint(matrix, lo, hi),
         integrality=np.array(integrality),
         bounds=Bounds(np.zeros(n), np.ones(n)),
+        options={"mip_rel_gap": 1e-9},  # "exact": HiGHS would otherwise stop within 0.01 %
     )
     if result.status == 2 or result.x is None:  # infeasible: only the budget row can make it so
         raise _over_budget(problem)
