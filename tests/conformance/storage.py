@@ -396,6 +396,27 @@ class MultipartConformance:
         again.complete_upload("mp/resumed", upload, [*held, last], expected_sha256=_sha(data))
         assert mp.get("mp/resumed") == data
 
+    def test_a_part_size_promise_gives_the_same_object_and_resumes(
+        self, mp: WithMultipart, store_spec: StoreSpec
+    ) -> None:
+        """``start_upload(part_size=...)`` is only a layout hint: out of order, resumed, the same bytes come out."""
+        parts = self._parts(mp, 3)
+        upload = mp.start_upload("mp/sized", part_size=len(parts[0]))
+        sent = {n: mp.upload_part("mp/sized", upload, n, parts[n - 1]) for n in (3, 1)}
+        assert not mp.exists("mp/sized") and mp.list() == []
+        url, options, base_dir = store_spec
+        again = open_store(url, options, base_dir=base_dir)
+        assert isinstance(again, WithMultipart)
+        held = again.list_parts("mp/sized", upload)
+        assert [(p.number, p.size, p.etag) for p in held] == [(n, sent[n].size, sent[n].etag) for n in (1, 3)]
+        second = again.upload_part("mp/sized", upload, 2, parts[1])
+        data = b"".join(parts)
+        result = again.complete_upload(
+            "mp/sized", upload, [held[0], second, held[1]], expected_sha256=_sha(data)
+        )
+        assert (result.size, result.sha256) == (len(data), _sha(data)) and mp.get("mp/sized") == data
+        self.assert_no_leftovers(mp)  # type: ignore[attr-defined]
+
     def test_abort_leaves_nothing(self, mp: WithMultipart) -> None:
         upload = mp.start_upload("mp/aborted")
         mp.upload_part("mp/aborted", upload, 1, self._parts(mp, 2)[0])

@@ -54,6 +54,7 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Bytes = Annotated[int, BeforeValidator(_to_bytes)]
 """A size: ``'16GiB'``, ``'500MB'`` or a number of bytes."""
 
+
 def _bytes_text(value: int) -> str:
     """Bytes as a size string that parses back to the same number whatever the field's default unit."""
     return f"{value // 2**30}GiB" if value % 2**30 == 0 else f"{value}B"

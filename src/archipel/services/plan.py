@@ -340,7 +340,9 @@ def check_saved_plan(workspace: Workspace, engine: Engine, saved: dict[str, Any]
     if current.fingerprint != saved.get("fingerprint"):
         chosen = {p["step"]: p["chosen"]["site"] for p in saved.get("steps", [])}
         now = {p.step: p.chosen.site for p in current.plan.placements}
-        moved = [f"{step}: {chosen.get(step)} -> {site}" for step, site in now.items() if chosen.get(step) != site]
+        moved = [
+            f"{step}: {chosen.get(step)} -> {site}" for step, site in now.items() if chosen.get(step) != site
+        ]
         raise Conflict(
             "the saved plan is stale: prices, data, policies, site health or budgets changed since it was made"
             + (f" (placements now differ: {'; '.join(moved)})" if moved else " (placements are unchanged)")

@@ -8,20 +8,24 @@ Contract:
 - **Verified end to end with sha256, never size or mtime alone.** Workers read chunks in parallel (and open
   them, checking each GCM tag, if the source is sealed). The whole plaintext is hashed in order and refused
   (:class:`IntegrityError`) unless it hashes to ``sha256``: by the destination store itself when it hashes the
-  assembled object before publishing it (``complete_checks_sha256``, a local folder: exactly the bytes that
-  will be published are re-read), otherwise by the engine, in chunk order, as the chunks come back from the
-  workers (S3, and every sealed destination, where the engine also hashes the stored bytes in order). Every
-  part is checked again when the upload completes (local: against the sha256 its file is named by; S3:
-  ``ChecksumSHA256`` and ETag per part, and the ETag is checked against the MD5 of the bytes sent when each
-  part is acknowledged). A sealed destination also carries a GCM tag per chunk and the plaintext sha256 in
-  its header. On any integrity failure the upload is aborted, the manifest removed, nothing is published and
-  an object already under ``dst.key`` is left as it was.
+  object it will publish (``complete_checks_sha256``, a local folder: the bytes are read back from the very
+  file that will be renamed into place, in order, as the parts land or at completion, see
+  :mod:`archipel.backends.storage.local`), otherwise by the engine, in chunk order, as the chunks come back
+  from the workers (S3, and every sealed destination, where the engine also hashes the stored bytes in
+  order). Every part is checked again when the upload completes (local: its marker still carries the tag it
+  was acknowledged with, or, for part files, against the sha256 the file is named by; S3: ``ChecksumSHA256``
+  and ETag per part, and the ETag is checked against the MD5 of the bytes sent when each part is
+  acknowledged). A sealed destination also carries a GCM tag per chunk and the plaintext sha256 in its header.
+  On any integrity failure the upload is aborted, the manifest removed, nothing is published and an object
+  already under ``dst.key`` is left as it was.
 - **Idempotent.** If ``dst`` already holds the object (plaintext: same size and sha256 of its bytes; sealed:
   header with the same sha256/size/key, every tag valid, plaintext hashing to ``sha256``), nothing is written:
   ``already_present=True, bytes_moved=0``. An object there that does not verify is overwritten.
 - **Resumable after SIGKILL at any point** (multipart destinations). ``state_dir/<transfer id>.json`` (the id
   hashes both ends, ``sha256`` and the key ids) names the upload, the chunk size, the sealed header and every
-  acknowledged part with its plaintext sha256; it is rewritten atomically after each part. A new call with
+  acknowledged part with its plaintext sha256 (none for a plaintext part of a destination that hashes the
+  object itself); it is rewritten atomically as parts are acknowledged, one write covering every part
+  acknowledged while the previous write ran (see :mod:`archipel.transfer.manifest`). A new call with
   the same arguments reuses the upload, cross-checks the manifest against ``list_parts`` (a part the backend
   no longer holds, or holds with another tag, is sent again) and sends only missing chunks
   (``chunks_resumed`` counts the others). When the destination cannot hash the assembled object itself
@@ -36,8 +40,10 @@ Contract:
   chunk is sealed its plaintext sha256 is recorded; a later attempt seals chunk ``i`` again only if the source
   yields the same plaintext, so a nonce never covers two different plaintexts.
 - **Parallel.** ``streams`` worker threads read chunk ``i`` and write part ``i + 1``, at most ``2 * streams``
-  chunks ahead of the in-order hash. The chunk size is at least the destination's ``min_part_size``, large
-  enough to stay within its ``max_parts``, and a multiple of a sealed source's chunk size.
+  chunks ahead of the in-order consumer. The chunk size is at least the destination's ``min_part_size``, large
+  enough to stay within its ``max_parts``, and a multiple of a sealed source's chunk size. A plaintext
+  destination's upload is started with ``part_size`` set to the chunk size, so a local folder writes every
+  part in place, once, into the file it publishes.
 - **Fallbacks.** A destination without multipart uploads (``memory://``), and objects of one chunk or less,
   go through one streamed ``put`` verified before publishing; that path is not resumable. Two ends in the same
   backend location (:meth:`WithServerSideCopy.shares_location`), both plaintext, are copied server-side and
@@ -400,7 +406,12 @@ class _Transfer:
         header = None
         if self.dst.seal_key is not None:
             header = SealedHeader.new(self.dst.seal_key, size=self.size, sha256=self.sha256, chunk_size=chunk)
-        upload_id = retry(f"starting an upload to {self.dst.where}", lambda: store.start_upload(self.dst.key))
+        # plaintext parts all hold ``chunk`` bytes but the last: a store may then write them in place
+        part_size = chunk if header is None else None
+        upload_id = retry(
+            f"starting an upload to {self.dst.where}",
+            lambda: store.start_upload(self.dst.key, part_size=part_size),
+        )
         manifest = Manifest(
             self.manifest_path,
             self.tid,
@@ -424,7 +435,8 @@ class _Transfer:
                 resumed.add(number - 1)
             else:  # the backend lost it or holds other bytes: send it again, but remember what it carried
                 del manifest.parts[number]
-                manifest.intents[number - 1] = record.plain_sha256
+                if record.plain_sha256 is not None:
+                    manifest.intents[number - 1] = record.plain_sha256
                 dropped += 1
         logger.debug("transfer %s: %d of %d chunks already uploaded", self.tid[:16], len(resumed), n_chunks)
         if dropped:

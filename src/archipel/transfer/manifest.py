@@ -2,10 +2,17 @@
 
 ``state_dir/<transfer id>.json`` records the multipart upload a transfer writes into, the chunk size it uses,
 the sealed header of an encrypted destination, and every acknowledged part with the sha256 of the plaintext
-chunk it carries. It is rewritten (temp file, fsync, rename, fsync of the folder) after every acknowledged
-part, so a process killed at any instant leaves either the previous manifest or the next one, and a new
-call resumes from it. Everything read back from a manifest is validated as untrusted input: a manifest that
-does not parse or does not describe this very transfer is discarded (and its upload aborted by the caller).
+chunk it carries (unless the destination hashes the whole object itself and did not report it, see
+:class:`PartRecord`). It is rewritten atomically (temp file, rename; the folder is fsynced when the manifest
+is created) as parts are acknowledged: a worker returns only once a write that includes its part is done, and
+one write covers every part acknowledged while the previous one was in flight (:meth:`Manifest.commit`). A
+process killed at any instant leaves either the previous manifest or the next one, and a new call resumes
+from it. Writes that record a sealing intent are durable (the file fsynced before the rename, the folder
+after it), so no power cut forgets one; writes that only record acknowledged parts are not (a power cut may
+bring back an earlier manifest: the parts it lacks are sent again, and every part it records is cross-checked
+against the backend's ``list_parts`` before it is trusted). Everything read back from a manifest is
+validated as untrusted input: a manifest that does not parse or does not describe this very transfer is
+discarded (and its upload aborted by the caller).
 
 ``state_dir/<transfer id>.lock`` is held with ``flock`` while a transfer runs, so two processes never drive
 the same upload; the kernel drops the lock when its holder dies, even by SIGKILL.
@@ -21,7 +28,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +51,17 @@ def transfer_id(
 
 @dataclass(frozen=True)
 class PartRecord:
-    """An acknowledged part: what the backend said (``size``, ``etag``, ``part_sha256``) and what it carries."""
+    """An acknowledged part: what the backend said (``size``, ``etag``, ``part_sha256``) and what it carries.
+
+    ``plain_sha256`` is None only for a plaintext part of a destination that hashes the whole object itself
+    before publishing it and did not report a per-part sha256 (a local folder written in place): nothing
+    re-reads such a chunk against it, so it is not computed."""
 
     number: int
     size: int
     etag: str
     part_sha256: str | None
-    plain_sha256: str
+    plain_sha256: str | None
 
 
 @dataclass
@@ -68,15 +79,63 @@ class Manifest:
     intents: dict[int, str] = field(default_factory=dict)
     """Chunk index -> sha256 of the plaintext about to be sealed with that chunk's nonce (sealed destinations)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _changes: int = field(default=0, init=False, repr=False, compare=False)  # changes made under ``lock``
+    _written: int = field(default=0, init=False, repr=False, compare=False)  # changes in the file
+    _durable: int = field(default=0, init=False, repr=False, compare=False)  # changes in the file, fsynced
+    _folder_synced: bool = field(default=False, init=False, repr=False, compare=False)
 
     def plain_sha256(self, index: int) -> str | None:
         """The plaintext sha256 recorded for chunk ``index`` by an earlier attempt, if any."""
         record = self.parts.get(index + 1)
         return record.plain_sha256 if record else self.intents.get(index)
 
-    def save(self) -> None:
-        """Write the manifest atomically and durably. The caller holds ``lock``."""
-        body = {
+    def commit(self, change: Callable[[], None], *, durable: bool = True) -> None:
+        """Apply ``change`` (under ``lock``), then return once a manifest write that includes it is done --
+        fsynced if ``durable``.
+
+        Group commit: parallel workers each record their part, and one write covers every change made before
+        it began, so a worker whose change an ongoing write missed waits for the next one, and a worker whose
+        change a later write already covered does not write at all. ``durable=False`` suits a change that a
+        power cut may undo because the caller cross-checks it on resume (an acknowledged part: ``list_parts``
+        says whether the backend holds it); a change that must survive one (a sealing intent) is durable."""
+        with self.lock:
+            change()
+            self._changes += 1
+            mine = self._changes
+        with self._write_lock:
+            if (self._durable if durable else self._written) >= mine:
+                return
+            with self.lock:  # a snapshot: workers keep recording while it is written
+                covered, body = self._changes, self._body()
+            self.save(durable=durable, body=body)
+            self._written = covered
+            if durable:
+                self._durable = covered
+
+    def save(self, *, durable: bool = True, body: dict[str, Any] | None = None) -> None:
+        """Write the manifest atomically (temp file, rename), and durably (fsync of the file before the rename
+        and of the folder after it) unless told otherwise. The caller holds ``lock`` (or is the only thread).
+
+        A process killed at any instant leaves the previous manifest or the next one. After a write that is
+        not durable, a power cut may bring back an earlier manifest, which records fewer parts: those are sent
+        again. The folder is also fsynced the first time this process writes the manifest (it may be new).
+        ``body`` is a snapshot taken under ``lock`` (see :meth:`commit`); without it the caller holds ``lock``."""
+        if body is None:
+            body = self._body()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(body, handle, separators=(",", ":"))
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        if durable or not self._folder_synced:
+            _fsync_dir(self.path.parent)
+            self._folder_synced = True
+
+    def _body(self) -> dict[str, Any]:
+        return {
             "v": 1,
             "transfer_id": self.transfer_id,
             "sha256": self.sha256,
@@ -87,13 +146,6 @@ class Manifest:
             "parts": [asdict(record) for record in sorted(self.parts.values(), key=lambda r: r.number)],
             "intents": {str(index): sha for index, sha in sorted(self.intents.items())},
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(body, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
 
     def remove(self) -> None:
         for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
@@ -152,8 +204,10 @@ class Manifest:
                 _is_int(record.number) and record.number >= 1 and _is_int(record.size) and record.size >= 0
             ):
                 raise ValueError("bad part number or size")
-            if not isinstance(record.etag, str) or not _HEX64.fullmatch(record.plain_sha256):
-                raise ValueError("bad part tag or digest")
+            if not isinstance(record.etag, str):
+                raise ValueError("bad part tag")
+            if record.plain_sha256 is not None and not _HEX64.fullmatch(record.plain_sha256):
+                raise ValueError("bad part digest")
             if record.part_sha256 is not None and not _HEX64.fullmatch(record.part_sha256):
                 raise ValueError("bad part digest")
             parts[record.number] = record

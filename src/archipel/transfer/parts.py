@@ -3,7 +3,9 @@
 :class:`PartSender` is the parallel core of :func:`archipel.transfer.engine.transfer` (whose docstring states
 the contract): for every chunk not already uploaded it reads the plaintext, checks it against any sha256 an
 earlier attempt recorded for it, records it first if it is about to be sealed (a nonce never covers two
-plaintexts), encodes, uploads with retries and records the acknowledged part in the manifest. Chunks resumed
+plaintexts), encodes, uploads with retries and records the acknowledged part in the manifest (with the
+plaintext's sha256 when it is known or will be needed: a plaintext part of a destination that hashes the
+whole object itself, and did not report the part's sha256, is not hashed again here). Chunks resumed
 from an earlier attempt are read again and checked, not sent, when the whole plaintext must be hashed here
 (the destination cannot hash the assembled object itself, or it is sealed).
 """
@@ -114,9 +116,12 @@ class PartSender:
                 raise IntegrityError(f"part {index + 1} of the upload to {self.job.where} holds other bytes")
             return index, plain, stored
         if self.sealed and known is None:  # record the plaintext before its nonce is ever used
-            with self.manifest.lock:
-                self.manifest.intents[index] = digest  # type: ignore[assignment]
-                self.manifest.save()
+            assert digest is not None
+
+            def intend() -> None:
+                self.manifest.intents[index] = digest
+
+            self.manifest.commit(intend)
         payload = self.encoder.encode(index, plain)
         try:
             part = retry(
@@ -129,13 +134,15 @@ class PartSender:
             raise TransferFailed(f"the upload to {self.job.where} vanished mid-transfer: {exc}") from exc
         if part.size != len(payload):
             raise TransferFailed(f"part {index + 1} to {self.job.where} was stored with {part.size} bytes")
-        plain_sha = digest or (
-            part.sha256 if not self.sealed and part.sha256 else hashlib.sha256(plain).hexdigest()
-        )
+        plain_sha = digest or (part.sha256 if not self.sealed else None)
+        if plain_sha is None and self.in_order:  # resumed chunks are re-read and checked against it
+            plain_sha = hashlib.sha256(plain).hexdigest()
         record = PartRecord(part.number, part.size, part.etag, part.sha256, plain_sha)
-        with self.manifest.lock:
+
+        def acknowledge() -> None:
             self.manifest.parts[part.number] = record
             self.manifest.intents.pop(index, None)
-            self.manifest.save()
+
+        self.manifest.commit(acknowledge, durable=False)  # cross-checked against list_parts on resume
         self.job.moved(len(payload))
         return index, plain, payload

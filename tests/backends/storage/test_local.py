@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from archipel.backends.storage import local
 from archipel.backends.storage.base import KeyValueStore, PartInfo
 from archipel.backends.storage.local import LocalStore
 from archipel.errors import IntegrityError, NotFound, SpecError
@@ -118,3 +124,143 @@ def test_cleanup_removes_abandoned_uploads_but_not_live_ones(tmp_path: Path) -> 
     assert store.list_parts("new", live) == []
     with pytest.raises(NotFound):
         store.list_parts("old", abandoned)
+
+
+# -- multipart laid out in place (start_upload with part_size) ---------------------------------------------------
+
+P = 64 * 1024
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _in_place(store: LocalStore, key: str, count: int = 3) -> tuple[str, list[bytes], list[PartInfo]]:
+    """An in-place upload of ``count`` parts (the last one short), uploaded last to first."""
+    upload = store.start_upload(key, part_size=P)
+    data = [os.urandom(P) for _ in range(count - 1)] + [os.urandom(P // 3)]
+    parts = {n: store.upload_part(key, upload, n, data[n - 1]) for n in range(count, 0, -1)}
+    return upload, data, [parts[n] for n in range(1, count + 1)]
+
+
+def test_in_place_parts_are_written_once_into_the_object_they_publish(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload, data, parts = _in_place(store, "obj")
+    folder = store.root / ".tmp" / f"mpu-{upload}"
+    names = ["00001.mark", "00002.mark", "00003.mark", "data", "key", "part-size"]
+    assert sorted(p.name for p in folder.iterdir()) == names
+    assert (folder / "data").read_bytes() == b"".join(data)
+    assert [(p.number, p.size, p.sha256) for p in parts] == [(1, P, None), (2, P, None), (3, P // 3, None)]
+    inode = (folder / "data").stat().st_ino
+    result = store.complete_upload("obj", upload, parts, expected_sha256=_sha(b"".join(data)))
+    assert result.sha256 == _sha(b"".join(data)) and result.size == 2 * P + P // 3
+    assert (store.root / "obj").stat().st_ino == inode and store.get("obj") == b"".join(data)
+    assert oct((store.root / "obj").stat().st_mode & 0o777) == "0o644"
+    assert list((store.root / ".tmp").iterdir()) == []
+
+
+def test_parts_landing_in_any_order_from_many_threads_are_hashed_as_they_land(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload = store.start_upload("obj", part_size=P)
+    data = [os.urandom(P) for _ in range(39)] + [os.urandom(17)]
+    order = list(range(1, 41))
+    random.Random(7).shuffle(order)
+    with ThreadPoolExecutor(8) as pool:
+        acked = {
+            part.number: part
+            for part in pool.map(lambda n: store.upload_part("obj", upload, n, data[n - 1]), order)
+        }
+    parts = [acked[n] for n in range(1, 41)]
+    chain = store._chains[upload]
+    assert chain.digest(parts) == _sha(b"".join(data))  # no read-back left for completion
+    read_back = []
+    real = local._hash_fd
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local, "_hash_fd", lambda *args: read_back.append(args[1:3]) or real(*args))
+        store.complete_upload("obj", upload, parts, expected_sha256=_sha(b"".join(data)))
+    assert read_back == [] and store.get("obj") == b"".join(data)
+
+
+def test_an_in_place_range_altered_on_disk_is_refused_on_complete(tmp_path: Path) -> None:
+    """Whether the store that completes wrote the parts or another one (a resumed process) does."""
+    for reopen in (False, True):
+        store = LocalStore(tmp_path / f"root-{reopen}")
+        upload, data, _ = _in_place(store, "obj")
+        completer = LocalStore(store.root) if reopen else store
+        held = completer.list_parts("obj", upload)  # a resume: what was hashed as it landed is read again
+        with open(store.root / ".tmp" / f"mpu-{upload}" / "data", "r+b") as handle:
+            handle.seek(P + 5)
+            handle.write(b"\x00" if data[1][5] else b"\x01")
+        with pytest.raises(IntegrityError, match=r"hash to sha256 .* not the expected"):
+            completer.complete_upload("obj", upload, held, expected_sha256=_sha(b"".join(data)))
+        assert not store.exists("obj") and store.list() == []
+
+
+def test_in_place_markers_claim_only_whole_durable_ranges(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload, _, parts = _in_place(store, "obj", count=4)
+    folder = store.root / ".tmp" / f"mpu-{upload}"
+    (folder / "00002.mark").write_bytes(b"0123")  # torn by a crash
+    os.truncate(folder / "data", 3 * P)  # the last part's bytes never reached the disk
+    assert store.list_parts("obj", upload) == [parts[0], parts[2]]
+    with pytest.raises(IntegrityError, match=r"part 2 .* not held"):
+        store.complete_upload("obj", upload, parts, expected_sha256="0" * 64)
+
+
+def test_writing_a_hashed_part_again_falls_back_to_reading_back(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload, data, parts = _in_place(store, "obj")
+    again = os.urandom(P)
+    parts[0] = store.upload_part("obj", upload, 1, again)
+    assert store._chains[upload].digest(parts) is None
+    with pytest.raises(IntegrityError, match="not the expected"):
+        store.complete_upload("obj", upload, parts, expected_sha256=_sha(b"".join(data)))
+    store.complete_upload("obj", upload, parts, expected_sha256=_sha(again + data[1] + data[2]))
+    assert store.get("obj") == again + data[1] + data[2]
+
+
+def test_the_part_size_promise_is_enforced(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload, data, parts = _in_place(store, "obj")
+    with pytest.raises(SpecError, match="more than the part size"):
+        store.upload_part("obj", upload, 4, b"x" * (P + 1))
+    whole = _sha(b"".join(data))
+    for bad, match in (
+        ([parts[0], parts[2]], "parts 1..n"),
+        ([parts[0], PartInfo(2, P - 1, parts[1].etag), parts[2]], "all parts but the last"),
+        ([parts[0], parts[1], PartInfo(3, P // 3, "f" * 32)], "not held"),
+    ):
+        with pytest.raises((SpecError, IntegrityError), match=match):
+            store.complete_upload("obj", upload, bad, expected_sha256=whole)
+    with pytest.raises(SpecError, match="needs expected_sha256"):
+        store.complete_upload("obj", upload, parts)
+    for size in (0, -1, True, 1.5):
+        with pytest.raises(SpecError, match="part_size"):
+            store.start_upload("obj", part_size=size)  # type: ignore[arg-type]
+    assert store.complete_upload("obj", upload, parts, expected_sha256=whole).sha256 == whole
+
+
+def test_a_writer_that_loses_the_race_with_completion_finds_the_upload_gone(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    upload, data, _ = _in_place(store, "obj")
+    folder = store.root / ".tmp" / f"mpu-{upload}"
+    outcome: list[object] = []
+
+    def write() -> None:
+        try:
+            outcome.append(store.upload_part("obj", upload, 2, b"\x00" * P))
+        except NotFound as exc:
+            outcome.append(exc)
+
+    with store._locked_data(folder, "obj", upload, os.O_RDWR, fcntl.LOCK_EX):  # a completion, mid-way
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.2)
+        assert writer.is_alive()  # no part is written while the object is verified and published
+        os.replace(folder / "data", store.root / "obj")  # ... and published
+    writer.join()
+    assert isinstance(outcome[0], NotFound) and store.get("obj") == b"".join(data)
+    with pytest.raises(NotFound):  # the data file is gone: nothing is listed or written anywhere
+        store.list_parts("obj", upload)
+    with pytest.raises(NotFound):
+        store.upload_part("obj", upload, 1, b"x")

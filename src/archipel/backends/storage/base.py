@@ -319,6 +319,11 @@ class WithMultipart(KeyValueStore):
       hashed, in order, the bytes it uploaded (the transfer engine does).
     - Upload ids are opaque strings; any id that comes back from outside (a resume manifest) is validated
       against ``upload_id_pattern`` before use, so it can never become a path or inject a parameter.
+    - ``start_upload(key, part_size=n)`` is a promise from the caller: every part but the last holds exactly
+      ``n`` bytes (the last at most ``n``), so part ``k`` starts at byte ``(k - 1) * n`` of the object. A store
+      may use it to write each part in place, straight into the object it will publish (a local folder does);
+      such a store may then refuse a part larger than ``n`` and require :meth:`complete_upload` to list parts
+      ``1..k`` without gaps and with ``expected_sha256``. A store that cannot use the promise ignores it.
     """
 
     feature = "multipart"
@@ -338,10 +343,21 @@ class WithMultipart(KeyValueStore):
             raise SpecError(f"part numbers run from 1 to {self.max_parts}, got {number!r}")
         return number
 
-    def start_upload(self, key: str) -> str:
-        """Begin an upload to ``key``; return its id. Nothing is visible under ``key`` yet."""
-        with self._errors("start_upload", validate_key(key)):
-            upload_id = self._start_upload(key)
+    def start_upload(self, key: str, *, part_size: int | None = None) -> str:
+        """Begin an upload to ``key``; return its id. Nothing is visible under ``key`` yet.
+
+        ``part_size`` promises that every part but the last holds exactly that many bytes (see the class
+        contract); stores that can lay parts out in place use it, the others ignore it."""
+        validate_key(key)
+        if part_size is not None and (
+            isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < 1
+        ):
+            raise SpecError(f"part_size must be an integer >= 1, got {part_size!r}")
+        with self._errors("start_upload", key):
+            if part_size is None:
+                upload_id = self._start_upload(key)
+            else:
+                upload_id = self._start_upload_with_part_size(key, part_size)
         return self._check_upload_id(upload_id)
 
     def upload_part(
@@ -393,6 +409,11 @@ class WithMultipart(KeyValueStore):
 
     @abstractmethod
     def _start_upload(self, key: str) -> str: ...
+
+    def _start_upload_with_part_size(self, key: str, part_size: int) -> str:
+        """Begin an upload whose parts but the last all hold ``part_size`` bytes; by default the promise is
+        not used."""
+        return self._start_upload(key)
 
     @abstractmethod
     def _upload_part(
