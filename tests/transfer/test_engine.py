@@ -401,15 +401,12 @@ class _Flaky(LocalStore):
         return super()._upload_part(key, upload_id, number, data)
 
 
-def test_a_failing_part_is_retried_then_the_transfer_fails_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("archipel.transfer.chunks.BACKOFF_S", 0.001)
+def test_a_failing_part_is_retried_then_the_transfer_fails_and_resumes(tmp_path: Path) -> None:
     src, dst = LocalStore(tmp_path / "a"), _Flaky(tmp_path / "b")
     _put_source(src, "in", None)
     _Flaky.failing, _Flaky.calls = {3}, []
     with pytest.raises(TransferFailed, match=r"part 3 .* failed after 4 attempts"):
-        _run(Endpoint(src, "in"), Endpoint(dst, "out"), tmp_path / "state", streams=1)
+        _run(Endpoint(src, "in"), Endpoint(dst, "out"), tmp_path / "state", streams=1, retry_backoff_s=0.001)
     assert _Flaky.calls.count(3) == 4 and not dst.exists("out")
     assert len(list((tmp_path / "state").glob("*.json"))) == 1  # kept for the next call
     _Flaky.failing = set()
@@ -420,10 +417,9 @@ def test_a_failing_part_is_retried_then_the_transfer_fails_and_resumes(
 
 @pytest.mark.s3
 def test_a_link_that_resets_mid_transfer_fails_cleanly_and_resumes(
-    s3: S3Endpoint, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3: S3Endpoint, s3_bucket: str, tmp_path: Path
 ) -> None:
     """Through the fault proxy: connections to S3 are reset after the first chunk, then the link heals."""
-    monkeypatch.setattr("archipel.transfer.chunks.BACKOFF_S", 0.001)
     host, port = s3.url.removeprefix("http://").split(":")
     with FaultProxy((host, int(port))) as proxy:
         options = {
@@ -439,7 +435,14 @@ def test_a_link_that_resets_mid_transfer_fails_cleanly_and_resumes(
                 proxy.configure(mode="reset")
 
         with pytest.raises(TransferFailed):
-            _run(Endpoint(src, "in"), Endpoint(dst, "out"), tmp_path / "state", progress=cut, streams=1)
+            _run(
+                Endpoint(src, "in"),
+                Endpoint(dst, "out"),
+                tmp_path / "state",
+                progress=cut,
+                streams=1,
+                retry_backoff_s=0.001,
+            )
         proxy.configure(mode="pass")
         assert not dst.exists("out")
         result = _run(Endpoint(src, "in"), Endpoint(dst, "out"), tmp_path / "state", streams=2)

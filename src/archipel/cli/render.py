@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from archipel.models.units import format_size
+
 if TYPE_CHECKING:
     from archipel.services.apply import ApplyPlan
     from archipel.services.offers import OfferRequest, SiteOffer
@@ -51,12 +53,6 @@ def _money(value: float) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
-def _size(n: int) -> str:
-    from archipel.models.units import format_size
-
-    return format_size(n)
-
-
 def sites_table(views: list[SiteView]) -> None:
     table = Table(title="Sites", title_justify="left")
     for col in ("name", "provider", "region", "jurisdiction", "storage", "compute", "capacity", "health"):
@@ -65,7 +61,7 @@ def sites_table(views: list[SiteView]) -> None:
         )
     for v in views:
         cap = v.spec.capacity
-        capacity = f"{cap.cpus:g} cpu, {_size(cap.memory)}"
+        capacity = f"{cap.cpus:g} cpu, {format_size(cap.memory)}"
         if cap.accelerators:
             capacity += ", " + ", ".join(f"{k}:{n}" for k, n in cap.accelerators.items())
         health = v.health if v.spec.enabled else "disabled"

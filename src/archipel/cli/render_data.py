@@ -17,7 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from archipel.cli.render import _size, console
+from archipel.cli.render import console
+from archipel.models.units import format_size
 
 if TYPE_CHECKING:
     from archipel.policy.audit import AuditEntry, VerifyReport
@@ -49,7 +50,7 @@ def added(report: AddReport) -> None:
         return
     site = next(iter(v.replicas))
     console().print(
-        f"Added [bold]{v.ref}[/]: {v.rows:,} rows, {len(v.columns)} columns, {_size(v.bytes)} Parquet "
+        f"Added [bold]{v.ref}[/]: {v.rows:,} rows, {len(v.columns)} columns, {format_size(v.bytes)} Parquet "
         f"at {escape(site)}{' (sealed)' if v.replicas[site] else ''}; sha256 {v.sha256[:16]}…"
     )
 
@@ -69,7 +70,7 @@ def datasets_table(views: list[DatasetView]) -> None:
             escape(view.home_site),
             latest.ref if latest else "[dim]erased[/]",
             f"{latest.rows:,}" if latest else "",
-            _size(latest.bytes) if latest else "",
+            format_size(latest.bytes) if latest else "",
             ", ".join(sorted(latest.replicas)) if latest else "",
         )
     console().print(table)
@@ -105,7 +106,7 @@ def versions_table(view: DatasetView) -> None:
         table.add_row(
             v.ref,
             f"{v.rows:,}",
-            _size(v.bytes),
+            format_size(v.bytes),
             v.sha256[:16] + "…",
             f"{v.created_at:%Y-%m-%d %H:%M}",
             replicas if v.erased_at is None else f"[red]erased {v.erased_at:%Y-%m-%d %H:%M}[/]",
@@ -150,7 +151,7 @@ def replicated(report: ReplicateReport) -> None:
         return
     console().print(
         f"Replicated [bold]{report.ref}[/] {escape(report.source)} → {escape(report.dest)}: "
-        f"{_size(report.bytes_moved)} moved and verified in {report.seconds:.2f} s"
+        f"{format_size(report.bytes_moved)} moved and verified in {report.seconds:.2f} s"
         f"{', sealed with the destination key' if report.sealed else ''}; "
         + (
             f"egress ${report.egress_usd:.6f} at ${report.egress_per_gb:.3f}/GB."

@@ -46,6 +46,7 @@ __all__ = [
     "list_datasets",
     "read_dataset",
     "replicate_dataset",
+    "resolve_version",
 ]
 
 
@@ -180,7 +181,8 @@ def get_dataset(engine: Engine, name: str) -> DatasetView:
     return views[0]
 
 
-def _version(view: DatasetView, ref: DatasetRef) -> VersionView:
+def resolve_version(view: DatasetView, ref: DatasetRef) -> VersionView:
+    """The version ``ref`` names (the newest live one without a version); NotFound when erased or absent."""
     if ref.version is None:
         if view.latest is None:
             raise NotFound(f"dataset {view.name} has no live version (erased?)")
@@ -193,6 +195,13 @@ def _version(view: DatasetView, ref: DatasetRef) -> VersionView:
     raise NotFound(
         f"dataset {view.name} has no version v{ref.version}; latest is {view.latest.ref if view.latest else '-'}"
     )
+
+
+def _version_row(session: Any, dataset: str, version: int) -> DatasetVersionRow:
+    query = select(DatasetVersionRow).where(
+        DatasetVersionRow.dataset == dataset, DatasetVersionRow.version == version
+    )
+    return session.scalars(query).one()
 
 
 def _place(workspace: Workspace, site: str) -> Place:
@@ -336,7 +345,9 @@ def add_dataset(
         reason=f"ingested {path.name}: {ingested.rows} rows, {len(ingested.data)} bytes as Parquet",
         details={"sha256": ingested.sha256, "classification": classification, "jurisdiction": jurisdiction},
     )
-    return AddReport(_version(get_dataset(engine, ref.name), DatasetRef(ref.name, number)), created=True)
+    return AddReport(
+        resolve_version(get_dataset(engine, ref.name), DatasetRef(ref.name, number)), created=True
+    )
 
 
 # -- policy ---------------------------------------------------------------------------------------------------
@@ -400,7 +411,7 @@ def read_dataset(
     """The dataset as an Arrow table (or pandas frame), read from the nearest replica ``at_site`` may process."""
     ref = parse_ref(ref_text)
     view = get_dataset(engine, ref.name)
-    version = _version(view, ref)
+    version = resolve_version(view, ref)
     at_site = at_site or view.home_site
     audit = _audit(workspace, engine)
     _decide(
@@ -457,7 +468,7 @@ def replicate_dataset(
 
     ref = parse_ref(ref_text)
     view = get_dataset(engine, ref.name)
-    version = _version(view, ref)
+    version = resolve_version(view, ref)
     audit = _audit(workspace, engine)
     decision = _decide(
         audit,
@@ -466,10 +477,11 @@ def replicate_dataset(
     )
     source = _nearest(workspace, list(version.replicas), to_site)
     src_key = _site_key(workspace, source) if version.replicas.get(source) else None
+    dst_store = workspace.storage(to_site)
     dst_key = _site_key(workspace, to_site) if decision.encrypt else None
     result: TransferResult = transfer(
         Endpoint(workspace.storage(source), version.key, src_key),
-        Endpoint(workspace.storage(to_site), version.key, dst_key),
+        Endpoint(dst_store, version.key, dst_key),
         sha256=version.sha256,
         size=version.bytes,
         state_dir=workspace.state_dir / "transfers",
@@ -481,18 +493,14 @@ def replicate_dataset(
     transfer_id = hashlib.sha256(
         f"{version.ref}:{source}:{to_site}:{utcnow().isoformat()}".encode()
     ).hexdigest()[:16]
+    stored = dst_store.size(version.key)  # storage I/O before the transaction, not inside it
     with session_scope(engine) as session:
-        row = session.scalars(
-            select(DatasetVersionRow).where(
-                DatasetVersionRow.dataset == view.name, DatasetVersionRow.version == version.version
-            )
-        ).one()
+        row = _version_row(session, view.name, version.version)
         replica = session.scalars(
             select(DatasetReplicaRow).where(
                 DatasetReplicaRow.version_id == row.id, DatasetReplicaRow.site == to_site
             )
         ).first()
-        stored = workspace.storage(to_site).size(version.key)
         if replica is None:
             session.add(
                 DatasetReplicaRow(
@@ -577,11 +585,7 @@ def erase_dataset(workspace: Workspace, engine: Engine, ref_text: str) -> EraseR
     now = utcnow()
     with session_scope(engine) as session:
         for version in targets:
-            row = session.scalars(
-                select(DatasetVersionRow).where(
-                    DatasetVersionRow.dataset == view.name, DatasetVersionRow.version == version.version
-                )
-            ).one()
+            row = _version_row(session, view.name, version.version)
             row.erased_at = now
             for replica in session.scalars(
                 select(DatasetReplicaRow).where(DatasetReplicaRow.version_id == row.id)

@@ -16,16 +16,17 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from archipel.cost.ledger import egress_rate, spent
+from archipel.data.ingest import DatasetRef
 from archipel.db.engine import session_scope
 from archipel.db.orm import SiteRow
-from archipel.errors import NotFound, SpecError
+from archipel.errors import Conflict, NotFound, SpecError
 from archipel.models.job import InputRef, JobSpec, PipelineSpec, StepSpec
 from archipel.planner import InputMove, Option, Plan, Problem, Rejection, StepProblem, plan
 from archipel.planner.problem import GB, Edge
 from archipel.policy.engine import Place, Subject, evaluate
 from archipel.policy.jurisdiction import within
 from archipel.pricing.preemption import PREEMPTION_PER_HOUR, expected_hours
-from archipel.services.data import DatasetView, get_dataset
+from archipel.services.data import DatasetView, get_dataset, resolve_version
 from archipel.services.offers import OfferRequest, SiteOffer, find_offers, fits_capacity
 from archipel.spec.validate import parse_model
 from archipel.spec.yaml_loader import load_yaml
@@ -93,13 +94,7 @@ class _Builder:
     def dataset(self, ref: InputRef) -> tuple[DatasetView, PinnedInput]:
         view = self.datasets.get(ref.name) or get_dataset(self.engine, ref.name)
         self.datasets[ref.name] = view
-        version = (
-            view.latest
-            if ref.version is None
-            else next((v for v in view.versions if v.version == ref.version and v.erased_at is None), None)
-        )
-        if version is None:
-            raise NotFound(f"dataset {ref} has no live version")
+        version = resolve_version(view, DatasetRef(ref.name, ref.version))
         pin = PinnedInput(version.ref, version.sha256, version.bytes, tuple(sorted(version.replicas)))
         self.pins[version.ref] = pin
         return view, pin
@@ -182,6 +177,7 @@ def build_problem(
         health = {row.name: row.health for row in session.scalars(select(SiteRow))}
     sites = list(workspace.spec.sites)
     places = {name: Place.of(name, workspace.site(name)) for name in sites}
+    prices = {(a, b): egress_rate(workspace, a, b) for a in sites for b in sites if a != b}
     steps: list[StepProblem] = []
     edges: dict[tuple[str, str], int] = {}
     for name in spec.order():
@@ -212,7 +208,7 @@ def build_problem(
                 None,
             )
             offers, rejection = _offers(workspace, step, site_name)
-            moves = _moves(workspace, builder, step, site_name)
+            moves = _moves(builder, step, site_name, prices)
             if refused is not None:
                 would = min((o.hourly * step.resources.nodes * step.estimate for o in offers), default=None)
                 if would is not None:
@@ -249,7 +245,6 @@ def build_problem(
                 out = spec.steps[ref.step].outputs[ref.name]
                 size = out.size if out.size is not None else DEFAULT_OUTPUT_BYTES[out.kind]
                 edges[(ref.step, name)] = edges.get((ref.step, name), 0) + size
-    prices = {(a, b): egress_rate(workspace, a, b) for a in sites for b in sites if a != b}
     hours = {(a, b): _transfer_hours(workspace, a, b, GB) for a in sites for b in sites if a != b}
     budget_usd, budget_name = _budget(workspace, engine, spec)
     problem = Problem(
@@ -264,7 +259,10 @@ def build_problem(
     return problem, builder.pins
 
 
-def _moves(workspace: Workspace, builder: _Builder, step: StepSpec, site_name: str) -> list[InputMove]:
+def _moves(
+    builder: _Builder, step: StepSpec, site_name: str, prices: dict[tuple[str, str], float]
+) -> list[InputMove]:
+    """The dataset inputs ``site_name`` lacks, each from its cheapest replica."""
     moves = []
     for input_name, ref in step.input_refs().items():
         if ref.kind != "dataset":
@@ -272,10 +270,8 @@ def _moves(workspace: Workspace, builder: _Builder, step: StepSpec, site_name: s
         _, pin = builder.dataset(ref)
         if site_name in pin.replicas or not pin.replicas:
             continue
-        source = min(pin.replicas, key=lambda r: (egress_rate(workspace, r, site_name), r))
-        moves.append(
-            InputMove(input_name, pin.ref, source, pin.bytes, egress_rate(workspace, source, site_name))
-        )
+        source = min(pin.replicas, key=lambda r: (prices[(r, site_name)], r))
+        moves.append(InputMove(input_name, pin.ref, source, pin.bytes, prices[(source, site_name)]))
     return moves
 
 
@@ -333,8 +329,6 @@ def check_saved_plan(workspace: Workspace, engine: Engine, saved: dict[str, Any]
     Prices, dataset versions and replicas, policies, site health, budgets and the spec itself all feed the
     fingerprint; a saved plan runs only while they are as they were (Terraform's saved-plan habit).
     """
-    from archipel.errors import Conflict
-
     spec = PipelineSpec.model_validate(saved["spec"])
     current = make_plan(workspace, engine, spec, objective=saved.get("objective", "cost"))
     if current.fingerprint != saved.get("fingerprint"):

@@ -137,7 +137,7 @@ def _check_storage(workspace: Workspace, name: str) -> CheckResult:
 
 def _check_compute(workspace: Workspace, name: str, timeout_s: float) -> CheckResult:
     """Run a trivial process and read its output back from the logs."""
-    from archipel.backends.compute.base import LaunchRequest, Resources
+    from archipel.backends.compute.base import LaunchRequest, Resources, WithForget
 
     start = time.perf_counter()
     try:
@@ -156,9 +156,8 @@ def _check_compute(workspace: Workspace, name: str, timeout_s: float) -> CheckRe
             return CheckResult(
                 False, time.perf_counter() - start, "probe job succeeded but its output was not logged"
             )
-        forget = getattr(compute, "forget", None)  # backends that keep job folders: do not pile up probes
-        if forget is not None:
-            forget(job)
+        if isinstance(compute, WithForget):  # backends that keep ended jobs: do not pile up probes
+            compute.forget(job)
     except ArchipelError as exc:
         return CheckResult(False, time.perf_counter() - start, str(exc))
     except Exception as exc:

@@ -51,9 +51,11 @@ def retry(
     *,
     stop: threading.Event | None = None,
     integrity_is_transient: bool = False,
+    backoff_s: float = BACKOFF_S,
 ) -> T:
     """``call()``, retried on :class:`StorageError` (not NotFound, SpecError, nor IntegrityError unless
-    ``integrity_is_transient``: corruption in transit is worth a resend, a corrupt source is not)."""
+    ``integrity_is_transient``: corruption in transit is worth a resend, a corrupt source is not), waiting
+    ``backoff_s * 4**attempt`` between attempts."""
     last: StorageError | None = None
     for attempt in range(RETRIES):
         if stop is not None and stop.is_set() and last is not None:
@@ -71,9 +73,9 @@ def retry(
         logger.debug("%s failed (attempt %d of %d): %s", what, attempt + 1, RETRIES, last)
         if attempt < RETRIES - 1:
             if stop is not None:
-                stop.wait(BACKOFF_S * 4**attempt)
+                stop.wait(backoff_s * 4**attempt)
             else:
-                time.sleep(BACKOFF_S * 4**attempt)
+                time.sleep(backoff_s * 4**attempt)
     assert last is not None
     if isinstance(last, IntegrityError):
         raise last

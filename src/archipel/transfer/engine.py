@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from archipel.backends.storage.base import (
     CHUNK_SIZE,
@@ -78,7 +78,7 @@ from archipel.backends.storage.base import (
 )
 from archipel.backends.storage.keys import validate_key
 from archipel.errors import ArchipelError, IntegrityError, NotFound, SpecError, StorageError, TransferFailed
-from archipel.transfer.chunks import ChunkEncoder, ChunkReader, ordered_map, retry, window
+from archipel.transfer.chunks import BACKOFF_S, ChunkEncoder, ChunkReader, ordered_map, retry, window
 from archipel.transfer.manifest import Manifest, PartRecord, state_lock, transfer_id
 from archipel.transfer.parts import PartSender, Run
 from archipel.transfer.sealed import DataKey, SealedHeader, open_chunk, read_header, seal_stream
@@ -132,8 +132,11 @@ def transfer(
     streams: int = 4,
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
+    retry_backoff_s: float = BACKOFF_S,
 ) -> TransferResult:
-    """Copy the object ``src`` to ``dst``; see the module docstring for the contract."""
+    """Copy the object ``src`` to ``dst``; see the module docstring for the contract.
+
+    A failing backend call is retried a few times, ``retry_backoff_s * 4**attempt`` seconds apart."""
     validate_sha256(sha256)
     validate_key(src.key)
     validate_key(dst.key)
@@ -157,7 +160,9 @@ def transfer(
         src.seal_key.key_id if src.seal_key else "",
         dst.seal_key.key_id if dst.seal_key else "",
     )
-    job = _Transfer(src, dst, sha256, size, state_dir / f"{tid}.json", tid, streams, chunk_size, progress)
+    job = _Transfer(
+        src, dst, sha256, size, state_dir / f"{tid}.json", tid, streams, chunk_size, progress, retry_backoff_s
+    )
     try:
         with (
             state_lock(state_dir, tid),
@@ -185,15 +190,20 @@ class _Transfer:
         streams: int,
         chunk_size: int,
         progress: Progress | None,
+        backoff_s: float,
     ) -> None:
         self.src, self.dst, self.sha256, self.size = src, dst, sha256, size
         self.manifest_path, self.tid, self.streams, self.chunk_size = manifest_path, tid, streams, chunk_size
         self.progress = progress
+        self.backoff_s = backoff_s
         self.started = time.monotonic()
         self.stop = threading.Event()
         self.moved_lock = threading.Lock()
         self.bytes_moved = 0
         self.reader: ChunkReader | None = None
+
+    def _retry(self, what: str, call: Callable[[], T], **kwargs: Any) -> T:
+        return retry(what, call, backoff_s=self.backoff_s, **kwargs)
 
     # -- paths ------------------------------------------------------------------------------------------------
 
@@ -302,7 +312,9 @@ class _Transfer:
             raise IntegrityError(f"{self.src.where} does not hold {self.size} bytes of sha256 {self.sha256}")
         if not store.exists(self.src.key):
             raise NotFound(f"no source object {self.src.where}")
-        retry(f"copying {self.src.where} to {self.dst.key!r}", lambda: store.copy(self.src.key, self.dst.key))
+        self._retry(
+            f"copying {self.src.where} to {self.dst.key!r}", lambda: store.copy(self.src.key, self.dst.key)
+        )
         if not self._holds():
             with suppress(ArchipelError):
                 store.delete(self.dst.key)
@@ -324,7 +336,7 @@ class _Transfer:
         ranges = [(i * chunk, min((i + 1) * chunk, self.size)) for i in range(n_chunks)]
 
         def read(span: tuple[int, int]) -> bytes:
-            return retry(f"reading {reader.where}", lambda: reader.read(*span), stop=self.stop)
+            return self._retry(f"reading {reader.where}", lambda: reader.read(*span), stop=self.stop)
 
         done = 0
         with closing(
@@ -393,7 +405,7 @@ class _Transfer:
         manifest = Manifest.load(self.manifest_path, transfer_id=self.tid, sha256=self.sha256, size=self.size)
         if manifest is not None and self._manifest_fits(manifest, store):
             try:
-                held = retry(
+                held = self._retry(
                     "listing uploaded parts", lambda: store.list_parts(self.dst.key, manifest.upload_id)
                 )
                 logger.debug("transfer %s: resuming upload with %d parts held", self.tid[:16], len(held))
@@ -408,7 +420,7 @@ class _Transfer:
             header = SealedHeader.new(self.dst.seal_key, size=self.size, sha256=self.sha256, chunk_size=chunk)
         # plaintext parts all hold ``chunk`` bytes but the last: a store may then write them in place
         part_size = chunk if header is None else None
-        upload_id = retry(
+        upload_id = self._retry(
             f"starting an upload to {self.dst.where}",
             lambda: store.start_upload(self.dst.key, part_size=part_size),
         )
@@ -453,6 +465,7 @@ class _Transfer:
             self.dst.where,
             self._report,
             self._moved,
+            self.backoff_s,
         )
         assert self.reader is not None
         sender = PartSender(
@@ -481,7 +494,7 @@ class _Transfer:
         """Publish the upload; return the stored size."""
         key = self.dst.key
         try:
-            return retry(
+            return self._retry(
                 f"completing the upload to {self.dst.where}",
                 lambda: store.complete_upload(key, manifest.upload_id, parts, expected_sha256=stored_sha256),
             ).size

@@ -43,6 +43,8 @@ class Run:
     """Called (on the calling thread) with the plaintext bytes done so far."""
     moved: Callable[[int], None]
     """Called (on a worker thread) with the bytes of each part written."""
+    backoff_s: float
+    """Base delay between retries of a failed backend call."""
 
 
 class PartSender:
@@ -96,7 +98,12 @@ class PartSender:
 
     def _read(self, index: int) -> bytes:
         start, end = index * self.chunk, min((index + 1) * self.chunk, self.job.size)
-        return retry(f"reading {self.reader.where}", lambda: self.reader.read(start, end), stop=self.job.stop)
+        return retry(
+            f"reading {self.reader.where}",
+            lambda: self.reader.read(start, end),
+            stop=self.job.stop,
+            backoff_s=self.job.backoff_s,
+        )
 
     def _one(self, index: int) -> tuple[int, bytes, bytes]:
         if self.job.stop.is_set():
@@ -129,6 +136,7 @@ class PartSender:
                 lambda: self.store.upload_part(self.job.key, self.manifest.upload_id, index + 1, payload),
                 stop=self.job.stop,
                 integrity_is_transient=True,
+                backoff_s=self.job.backoff_s,
             )
         except NotFound as exc:  # the upload, not the source: the next call notices and starts over
             raise TransferFailed(f"the upload to {self.job.where} vanished mid-transfer: {exc}") from exc

@@ -16,10 +16,10 @@ from archipel.backends.storage import local
 from archipel.backends.storage.base import KeyValueStore, PartInfo
 from archipel.backends.storage.local import LocalStore
 from archipel.errors import IntegrityError, NotFound, SpecError
-from tests.conformance.storage import CrossProcessConformance, MultipartConformance, StoreSpec
+from tests.conformance.storage import CrossProcessConformance, StoreSpec, VerifyingCompleteConformance
 
 
-class TestLocalStore(CrossProcessConformance, MultipartConformance):
+class TestLocalStore(CrossProcessConformance, VerifyingCompleteConformance):
     @pytest.fixture
     def store_spec(self, tmp_path: Path) -> StoreSpec:
         return "file://site", {}, tmp_path

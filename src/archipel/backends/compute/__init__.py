@@ -14,6 +14,7 @@ from archipel.backends.compute.base import (
     LaunchRequest,
     Resources,
     WithCapacity,
+    WithForget,
     WithLogTail,
 )
 from archipel.backends.compute.registry import backend_class, open_compute, parse_compute_uri
@@ -26,6 +27,7 @@ __all__ = [
     "LaunchRequest",
     "Resources",
     "WithCapacity",
+    "WithForget",
     "WithLogTail",
     "backend_class",
     "open_compute",

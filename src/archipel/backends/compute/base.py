@@ -42,6 +42,7 @@ __all__ = [
     "LaunchRequest",
     "Resources",
     "WithCapacity",
+    "WithForget",
     "WithLogTail",
     "check_job_id",
     "new_job_id",
@@ -441,3 +442,13 @@ class WithLogTail(ComputeBackend):
     """
 
     feature = "log_tail"
+
+
+class WithForget(ComputeBackend):
+    """The backend keeps ended jobs (folders, logs) until told to forget them."""
+
+    feature = "forget"
+
+    @abstractmethod
+    def forget(self, job_id: str) -> None:
+        """Delete an ended job's records and log. Raises NotFound, or Conflict if it has not ended."""

@@ -44,6 +44,7 @@ from archipel.backends.compute.base import (
     LaunchRequest,
     Resources,
     WithCapacity,
+    WithForget,
     WithLogTail,
     check_job_id,
     new_job_id,
@@ -72,7 +73,7 @@ def _utf8_boundary(data: bytes) -> int:
     return len(data)
 
 
-class LocalCompute(WithCapacity, WithLogTail):
+class LocalCompute(WithCapacity, WithLogTail, WithForget):
     """Jobs as process groups on this machine, supervised from ``state_dir``, limited to ``capacity``.
 
     Several processes (CLI invocations, a server) may use the same ``state_dir`` at once.
