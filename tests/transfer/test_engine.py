@@ -387,18 +387,25 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
 
 
 class _Flaky(LocalStore):
-    """A local store whose ``upload_part`` fails for the part numbers listed in ``failing`` (each time)."""
+    """A local store whose part writes (sent or copied in the kernel) fail for the part numbers listed in
+    ``failing`` (each time)."""
 
     failing: ClassVar[set[int]] = set()
     calls: ClassVar[list[int]] = []
 
-    def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview
+    def _write_part(
+        self,
+        folder: Path,
+        key: str,
+        upload_id: str,
+        number: int,
+        size: int,
+        write: Callable[[int, int], None],
     ) -> PartInfo:
         type(self).calls.append(number)
         if number in self.failing:
             raise ConnectionResetError("the link dropped")
-        return super()._upload_part(key, upload_id, number, data)
+        return super()._write_part(folder, key, upload_id, number, size, write)
 
 
 def test_a_failing_part_is_retried_then_the_transfer_fails_and_resumes(tmp_path: Path) -> None:

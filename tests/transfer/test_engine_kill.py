@@ -64,13 +64,17 @@ def wrap(cls, name, *, before):
     setattr(cls, name, wrapper)
 
 publish = "_publish" if hasattr(type(dst), "_publish") else "complete_upload"
+# a local folder fills parts from another local folder in the kernel: no ChunkReader.read, no upload_part
+direct = hasattr(dst, "can_copy_part_from") and dst.can_copy_part_from(src)
+import archipel.backends.storage.local as local_module
+send = "copy_part_from" if direct else "upload_part"
 targets = {
-    "read": (ChunkReader, "read", True),
-    "part": (type(dst), "upload_part", False),
+    "read": (local_module, "_copy_range", True) if direct else (ChunkReader, "read", True),
+    "part": (type(dst), send, False),
     "manifest": (Manifest, "save", False),
     "publish": (type(dst), publish, True),
     "published": (type(dst), "complete_upload", False),
-    "delay": (type(dst), "upload_part", False),
+    "delay": (type(dst), send, False),
 }
 cls, name, before = targets[phase]
 wrap(cls, name, before=before)

@@ -160,7 +160,7 @@ class ChunkReader:
         """Plaintext bytes ``[start, end)``; ``start`` is a multiple of :attr:`unit`, ``end`` one or the size."""
         if self.header is None:
             data = self.store.read_range(self.key, start, end - start)
-            self._count(len(data))
+            self.count(len(data))
             if len(data) != end - start:
                 raise IntegrityError(f"{self.where} ended at {start + len(data)} bytes, before {end}")
             return data
@@ -170,7 +170,7 @@ class ChunkReader:
         offset, _ = header.chunk_range(first)
         _, stop = header.chunk_range(last)
         blob = self.store.read_range(self.key, offset, stop - offset)
-        self._count(len(blob))
+        self.count(len(blob))
         if len(blob) != stop - offset:
             raise IntegrityError(f"{self.where} is truncated inside chunk {last}")
         assert self.seal_key is not None
@@ -181,7 +181,7 @@ class ChunkReader:
             plain.append(open_chunk(header, self.seal_key, index, piece, where=self.where))
         return plain[0] if len(plain) == 1 else b"".join(plain)
 
-    def _count(self, count: int) -> None:
+    def count(self, count: int) -> None:
         with self._lock:
             self.bytes_read += count
 

@@ -44,6 +44,9 @@ Contract:
   enough to stay within its ``max_parts``, and a multiple of a sealed source's chunk size. A plaintext
   destination's upload is started with ``part_size`` set to the chunk size, so a local folder writes every
   part in place, once, into the file it publishes.
+  Between two local folders the destination fills each part from the source file
+  itself (``copy_file_range``, :class:`~archipel.backends.storage.base.WithPartCopy`): no byte passes through
+  this process, and the destination hashes the file it will publish as the parts land.
 - **Fallbacks.** A destination without multipart uploads (``memory://``), and objects of one chunk or less,
   go through one streamed ``put`` verified before publishing; that path is not resumable. Two ends in the same
   backend location (:meth:`WithServerSideCopy.shares_location`), both plaintext, are copied server-side and

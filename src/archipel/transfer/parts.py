@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 
-from archipel.backends.storage.base import PartInfo, WithMultipart
+from archipel.backends.storage.base import PartInfo, WithMultipart, WithPartCopy
 from archipel.errors import IntegrityError, NotFound, TransferFailed
 from archipel.transfer.chunks import ChunkEncoder, ChunkReader, ordered_map, retry, window
 from archipel.transfer.manifest import Manifest, PartRecord
@@ -66,6 +66,13 @@ class PartSender:
         self.sealed = encoder.header is not None
         # the whole plaintext is hashed here unless the store hashes the assembled plaintext itself
         self.in_order = self.sealed or not run.store.complete_checks_sha256
+        # plaintext to a store that hashes what lands and can read the source itself: no bytes pass through here
+        self.direct = (
+            not self.in_order
+            and reader.header is None
+            and isinstance(run.store, WithPartCopy)
+            and run.store.can_copy_part_from(reader.store)
+        )
 
     def send_all(self) -> tuple[list[PartInfo], str]:
         """Every chunk sent or re-verified; the parts to complete with and the sha256 of the stored bytes."""
@@ -78,13 +85,13 @@ class PartSender:
                 self.job.pool, self._one, todo, window(self.job.streams, self.chunk), stop=self.job.stop
             )
         ) as results:
-            for index, plain, stored in results:
+            for index, length, plain, stored in results:
                 if self.in_order:
                     plain_hash.update(plain)
                     if self.sealed:
                         stored_hash.update(stored)
                 if index not in self.resumed:
-                    done += len(plain)
+                    done += length
                     self.job.report(done)
         if self.in_order and plain_hash.hexdigest() != self.job.sha256:
             raise IntegrityError(
@@ -105,9 +112,13 @@ class PartSender:
             backoff_s=self.job.backoff_s,
         )
 
-    def _one(self, index: int) -> tuple[int, bytes, bytes]:
+    def _one(self, index: int) -> tuple[int, int, bytes, bytes]:
+        """Send (or re-verify) chunk ``index``: its index, plaintext length, plaintext and stored bytes (both
+        empty when the chunk was copied by the store itself)."""
         if self.job.stop.is_set():
             raise TransferFailed("transfer stopped")
+        if self.direct and self.manifest.plain_sha256(index) is None:
+            return self._copy_direct(index)
         plain = self._read(index)
         known = self.manifest.plain_sha256(index)
         digest = hashlib.sha256(plain).hexdigest() if self.sealed or known is not None else None
@@ -121,7 +132,7 @@ class PartSender:
             recorded = self.manifest.parts[index + 1].part_sha256
             if self.sealed and recorded is not None and hashlib.sha256(stored).hexdigest() != recorded:
                 raise IntegrityError(f"part {index + 1} of the upload to {self.job.where} holds other bytes")
-            return index, plain, stored
+            return index, len(plain), plain, stored
         if self.sealed and known is None:  # record the plaintext before its nonce is ever used
             assert digest is not None
 
@@ -130,16 +141,9 @@ class PartSender:
 
             self.manifest.commit(intend)
         payload = self.encoder.encode(index, plain)
-        try:
-            part = retry(
-                f"uploading part {index + 1} to {self.job.where}",
-                lambda: self.store.upload_part(self.job.key, self.manifest.upload_id, index + 1, payload),
-                stop=self.job.stop,
-                integrity_is_transient=True,
-                backoff_s=self.job.backoff_s,
-            )
-        except NotFound as exc:  # the upload, not the source: the next call notices and starts over
-            raise TransferFailed(f"the upload to {self.job.where} vanished mid-transfer: {exc}") from exc
+        part = self._upload(
+            index, lambda: self.store.upload_part(self.job.key, self.manifest.upload_id, index + 1, payload)
+        )
         if part.size != len(payload):
             raise TransferFailed(f"part {index + 1} to {self.job.where} was stored with {part.size} bytes")
         plain_sha = digest or (part.sha256 if not self.sealed else None)
@@ -153,4 +157,45 @@ class PartSender:
 
         self.manifest.commit(acknowledge, durable=False)  # cross-checked against list_parts on resume
         self.job.moved(len(payload))
-        return index, plain, payload
+        return index, len(plain), plain, payload
+
+    def _upload(self, index: int, send: Callable[[], PartInfo]) -> PartInfo:
+        try:
+            return retry(
+                f"uploading part {index + 1} to {self.job.where}",
+                send,
+                stop=self.job.stop,
+                integrity_is_transient=not self.direct,  # a short source is not worth a resend
+                backoff_s=self.job.backoff_s,
+            )
+        except NotFound as exc:  # the upload, or the source gone mid-transfer: the next call starts over
+            raise TransferFailed(f"the upload to {self.job.where} failed mid-transfer: {exc}") from exc
+
+    def _copy_direct(self, index: int) -> tuple[int, int, bytes, bytes]:
+        """Chunk ``index`` copied by the destination store straight from the source (see ``direct``)."""
+        store = self.store
+        assert isinstance(store, WithPartCopy)
+        start, end = index * self.chunk, min((index + 1) * self.chunk, self.job.size)
+        part = self._upload(
+            index,
+            lambda: store.copy_part_from(
+                self.job.key,
+                self.manifest.upload_id,
+                index + 1,
+                self.reader.store,
+                self.reader.key,
+                start,
+                end - start,
+            ),
+        )
+        self.reader.count(end - start)
+        if part.size != end - start:
+            raise TransferFailed(f"part {index + 1} to {self.job.where} was stored with {part.size} bytes")
+        record = PartRecord(part.number, part.size, part.etag, part.sha256, None)
+
+        def acknowledge() -> None:
+            self.manifest.parts[part.number] = record
+
+        self.manifest.commit(acknowledge, durable=False)
+        self.job.moved(part.size)
+        return index, part.size, b"", b""

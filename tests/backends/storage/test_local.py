@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from archipel.backends.storage import local
 from archipel.backends.storage.base import KeyValueStore, PartInfo
 from archipel.backends.storage.local import LocalStore
+from archipel.backends.storage.registry import open_store
 from archipel.errors import IntegrityError, NotFound, SpecError
 from tests.conformance.storage import CrossProcessConformance, StoreSpec, VerifyingCompleteConformance
 
@@ -264,3 +266,41 @@ def test_a_writer_that_loses_the_race_with_completion_finds_the_upload_gone(tmp_
         store.list_parts("obj", upload)
     with pytest.raises(NotFound):
         store.upload_part("obj", upload, 1, b"x")
+
+
+def test_parts_copied_in_the_kernel_from_another_folder_publish_the_same_object(tmp_path: Path) -> None:
+    source, dest = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    data = random.Random(7).randbytes(3 * 4096 + 100)
+    source.put("src", data)
+    assert dest.can_copy_part_from(source) and not dest.can_copy_part_from(open_memory_store())
+    for part_size in (4096, None):  # in place, and an upload of part files
+        upload = dest.start_upload("obj", part_size=part_size)
+        spans = [(i * 4096, min(4096, len(data) - i * 4096)) for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:  # out of order, from several threads
+            copies = [
+                pool.submit(dest.copy_part_from, "obj", upload, n, source, "src", *spans[n - 1])
+                for n in (3, 1, 4, 2)
+            ]
+            parts = [copy.result() for copy in copies]
+        parts.sort(key=lambda part: part.number)
+        assert [p.size for p in parts] == [4096, 4096, 4096, 100]
+        assert dest.complete_upload("obj", upload, parts, expected_sha256=_sha(data)).sha256 == _sha(data)
+        assert dest.get("obj") == data
+        dest.delete("obj")
+
+
+def test_a_part_copy_refuses_a_short_source_and_a_foreign_store(tmp_path: Path) -> None:
+    source, dest = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    source.put("src", b"x" * 100)
+    upload = dest.start_upload("obj", part_size=4096)
+    with pytest.raises(IntegrityError, match="ends at byte 100"):
+        dest.copy_part_from("obj", upload, 1, source, "src", 0, 4096)
+    with pytest.raises(NotFound):
+        dest.copy_part_from("obj", upload, 1, source, "missing", 0, 10)
+    with pytest.raises(SpecError, match="cannot copy parts"):
+        dest.copy_part_from("obj", upload, 1, open_memory_store(), "src", 0, 10)
+    assert dest.list_parts("obj", upload) == []  # nothing was claimed
+
+
+def open_memory_store() -> KeyValueStore:
+    return open_store(f"memory://archipel-test-{uuid.uuid4().hex}/site")

@@ -37,6 +37,7 @@ __all__ = [
     "PutResult",
     "WithCleanup",
     "WithMultipart",
+    "WithPartCopy",
     "WithServerSideCopy",
     "iter_chunks",
     "validate_sha256",
@@ -432,3 +433,48 @@ class WithMultipart(KeyValueStore):
 
     @abstractmethod
     def _abort_upload(self, key: str, upload_id: str) -> None: ...
+
+
+class WithPartCopy(WithMultipart):
+    """Multipart stores that can fill a part straight from another store's object, without the bytes passing
+    through this process (a local folder from another local folder: ``copy_file_range`` in the kernel)."""
+
+    def can_copy_part_from(self, source: KeyValueStore) -> bool:
+        """Whether :meth:`copy_part_from` can read from ``source`` directly."""
+        return False
+
+    def copy_part_from(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: KeyValueStore,
+        source_key: str,
+        offset: int,
+        length: int,
+    ) -> PartInfo:
+        """Part ``number`` of the upload holds ``length`` bytes of ``source_key`` in ``source`` from ``offset``:
+        the same contract as :meth:`upload_part`. :class:`IntegrityError` if the source ends before
+        ``offset + length``; :class:`SpecError` unless :meth:`can_copy_part_from` says yes."""
+        validate_key(key)
+        validate_key(source_key)
+        self._check_upload_id(upload_id)
+        self._check_part_number(number)
+        if offset < 0 or length < 1:
+            raise SpecError(f"copy_part_from needs offset >= 0 and length >= 1, got {offset} and {length}")
+        if not self.can_copy_part_from(source):
+            raise SpecError(f"{self.url} cannot copy parts from {source.url}")
+        with self._errors("copy_part_from", key):
+            return self._copy_part_from(key, upload_id, number, source, source_key, offset, length)
+
+    @abstractmethod
+    def _copy_part_from(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: KeyValueStore,
+        source_key: str,
+        offset: int,
+        length: int,
+    ) -> PartInfo: ...

@@ -62,11 +62,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from archipel.backends.storage.base import (
+    KeyValueStore,
     ObjectInfo,
     PartInfo,
     PutResult,
     WithCleanup,
-    WithMultipart,
+    WithPartCopy,
     WithServerSideCopy,
 )
 from archipel.errors import IntegrityError, NotFound, SpecError
@@ -96,7 +97,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LocalStore(WithServerSideCopy, WithCleanup, WithMultipart):
+class LocalStore(WithServerSideCopy, WithCleanup, WithPartCopy):
     """Objects as files under ``root``; keys map to relative paths."""
 
     scheme = "file"
@@ -273,11 +274,57 @@ class LocalStore(WithServerSideCopy, WithCleanup, WithMultipart):
         self, key: str, upload_id: str, number: int, data: bytes | bytearray | memoryview
     ) -> PartInfo:
         folder = self._upload_dir(key, upload_id)
-        part_size = self._part_size(folder)
-        if part_size is None:
+        if self._part_size(folder) is None:
             return self._upload_part_file(folder, number, data)
         view = memoryview(data).cast("B")
-        size = len(view)
+
+        def write(fd: int, offset: int) -> None:
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+
+        return self._write_part(folder, key, upload_id, number, len(view), write)
+
+    def can_copy_part_from(self, source: KeyValueStore) -> bool:
+        return isinstance(source, LocalStore)
+
+    def _copy_part_from(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: KeyValueStore,
+        source_key: str,
+        offset: int,
+        length: int,
+    ) -> PartInfo:
+        assert isinstance(source, LocalStore)
+        folder = self._upload_dir(key, upload_id)
+        with open(source._path(source_key), "rb") as handle:
+            if self._part_size(folder) is None:  # an upload of part files: through this process
+                data = os.pread(handle.fileno(), length, offset)
+                if len(data) != length:
+                    raise IntegrityError(f"{source_key!r} in {source.url} ends before byte {offset + length}")
+                return self._upload_part_file(folder, number, data)
+
+            def write(fd: int, at: int) -> None:
+                _copy_range(handle.fileno(), offset, fd, at, length, f"{source_key!r} in {source.url}")
+
+            return self._write_part(folder, key, upload_id, number, length, write)
+
+    def _write_part(
+        self,
+        folder: Path,
+        key: str,
+        upload_id: str,
+        number: int,
+        size: int,
+        write: Callable[[int, int], None],
+    ) -> PartInfo:
+        """Write part ``number`` of an in-place upload with ``write(fd, offset)``, hash it if it is next in
+        order, make it durable, then claim it with a marker."""
+        part_size = self._part_size(folder)
+        assert part_size is not None
         if size > part_size:
             raise SpecError(
                 f"part {number} of the upload of {key!r} holds {size} bytes, more than the part size "
@@ -290,9 +337,7 @@ class LocalStore(WithServerSideCopy, WithCleanup, WithMultipart):
             with suppress(FileNotFoundError):
                 marker.unlink()  # an earlier write of this part: unclaim it, durably, before its range changes
                 _fsync_dir(folder)
-            written = 0
-            while written < size:
-                written += os.pwrite(fd, view[written:], offset + written)
+            write(fd, offset)
             if _start_writeback is not None:  # the disk writes the range while it is hashed
                 _start_writeback(fd, offset, size)
             chain = self._chain(upload_id)
@@ -647,6 +692,32 @@ def _hash_fd(fd: int, offset: int, size: int, hasher: Any, buffer: bytearray) ->
         hasher.update(view[:count])
         offset += count
     return hasher
+
+
+def _copy_range(source: int, offset: int, dest: int, at: int, length: int, where: str) -> None:
+    """Copy ``length`` bytes of ``source`` from ``offset`` to ``dest`` at ``at``: in the kernel
+    (``copy_file_range``) where it can, else through a buffer. IntegrityError if the source ends first."""
+    done = 0
+    kernel = hasattr(os, "copy_file_range")
+    while done < length:
+        count = 0
+        if kernel:
+            try:
+                count = os.copy_file_range(source, dest, length - done, offset + done, at + done)
+            except (
+                OSError
+            ):  # e.g. EXDEV or EINVAL on an older kernel or another file system: copy in user space
+                kernel = False
+                continue
+        else:
+            data = os.pread(source, min(_COPY_BLOCK, length - done), offset + done)
+            count = len(data)
+            written = 0
+            while written < count:
+                written += os.pwrite(dest, memoryview(data)[written:], at + done + written)
+        if count == 0:
+            raise IntegrityError(f"{where} ends at byte {offset + done}, before {offset + length}")
+        done += count
 
 
 def _write_durably(path: Path, text: str) -> None:
