@@ -32,7 +32,7 @@ HEAVY = [
 
 
 def test_pinned_all() -> None:
-    assert archipel.__all__ == ["__version__", "read_dataset"]
+    assert archipel.__all__ == ["__version__", "job", "read_dataset"]
     assert callable(archipel.read_dataset)
 
 

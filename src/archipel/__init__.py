@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "read_dataset"]
+__all__ = ["__version__", "job", "read_dataset"]
 
 
 def __getattr__(name: str) -> object:
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> object:
         from archipel.sdk import read_dataset
 
         return read_dataset
+    if name == "job":  # the job SDK: archipel.job.context()
+        import importlib
+
+        return importlib.import_module("archipel.job")
     raise AttributeError(f"module 'archipel' has no attribute {name!r}")

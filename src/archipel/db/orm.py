@@ -33,6 +33,11 @@ __all__ = [
     "DatasetReplicaRow",
     "DatasetRow",
     "DatasetVersionRow",
+    "LeaseRow",
+    "RunAttemptRow",
+    "RunMetricRow",
+    "RunRow",
+    "RunStepRow",
     "SiteRow",
     "WorkspaceStateRow",
 ]
@@ -184,3 +189,110 @@ class CostEntryRow(Base):
     transfer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     deployment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
+
+
+class RunRow(Base):
+    """A run of a job or pipeline: the spec and plan it was started with, and where it is in its life."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The pipeline spec (a job is a one-step pipeline)."""
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The plan it was started with (:meth:`PlanResult.as_json`)."""
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    workdir: Mapped[str] = mapped_column(Text)
+    """Absolute folder the steps' ``workdir`` is relative to (where the spec file lives)."""
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class RunStepRow(Base):
+    """One step of a run: its state, where it runs now, its latest checkpoint and its outputs."""
+
+    __tablename__ = "run_steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    site: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    offer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    hourly_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts that ended with a non-zero exit (user errors), counted against ``retries``."""
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts lost to a dead worker or site (not the job's fault), not counted against ``retries``."""
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    """Retry backoff: the next attempt starts no earlier."""
+    cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    cached_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The run whose outputs this step reused."""
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The latest checkpoint: key, sha256, size, seq, step, and the sites holding a verified copy."""
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Output name -> key, sha256, size, kind and the site that holds it."""
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class RunAttemptRow(Base):
+    """One launch of a step at a site: its compute job, heartbeats, how it ended and what it cost."""
+
+    __tablename__ = "run_attempts"
+    __table_args__ = (UniqueConstraint("run_id", "step", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(63))
+    number: Mapped[int] = mapped_column(Integer)
+    site: Mapped[str] = mapped_column(String(63))
+    offer: Mapped[str] = mapped_column(String(64))
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    hourly_usd: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    exit_reason: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    """How far the worker's event file has been read."""
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class RunMetricRow(Base):
+    """A metric, parameter or artifact a run's code logged."""
+
+    __tablename__ = "run_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(63))
+    attempt: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    """metric, param or artifact."""
+    key: Mapped[str] = mapped_column(String(255))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """A parameter's value or an artifact's storage key."""
+    at_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LeaseRow(Base):
+    """A named lease (``reconciler``): the holder acts until ``expires_at`` unless it renews."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -201,6 +201,8 @@ class LaunchRequest:
     workdir: str | None = None
     resources: Resources = field(default_factory=Resources)
     labels: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Variables added like ``env`` but never written anywhere by the backend (job files, logs, reprs)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str):
@@ -227,6 +229,13 @@ class LaunchRequest:
                 raise SpecError(f"environment variable {key} is set by archipel and cannot be overridden")
             _check_text(f"environment variable {key}", value, allow_empty=True)
         object.__setattr__(self, "env", MappingProxyType(env))
+        secret_env = dict(self.secret_env)
+        for key, value in secret_env.items():
+            if not isinstance(key, str) or not _ENV_KEY.fullmatch(key) or key in _RESERVED_ENV:
+                raise SpecError(f"secret variable name {key!r} is not valid or is reserved")
+            if not isinstance(value, str) or "\x00" in value:
+                raise SpecError(f"secret variable {key} must be a string without NUL bytes")
+        object.__setattr__(self, "secret_env", MappingProxyType(secret_env))
         if self.workdir is not None:
             object.__setattr__(self, "workdir", _check_text("workdir", str(self.workdir)))
         if not isinstance(self.resources, Resources):

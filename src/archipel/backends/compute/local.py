@@ -130,7 +130,7 @@ class LocalCompute(WithCapacity, WithLogTail, WithForget):
                     "wait for running jobs to end or cancel some"
                 )
             job_id, jobdir = self._create_job(req, workdir)
-        self._spawn_supervisor(job_id, jobdir)
+        self._spawn_supervisor(job_id, jobdir, dict(req.secret_env))
         return job_id
 
     def _status(self, job_id: str) -> JobStatus:
@@ -298,7 +298,7 @@ class LocalCompute(WithCapacity, WithLogTail, WithForget):
             raise
         return job_id, self._jobs / job_id
 
-    def _spawn_supervisor(self, job_id: str, jobdir: Path) -> None:
+    def _spawn_supervisor(self, job_id: str, jobdir: Path, secret_env: dict[str, str] | None = None) -> None:
         """Start the detached supervisor; on failure record the job FAILED (freeing its capacity) and raise."""
         problem = ""
         try:
@@ -309,6 +309,7 @@ class LocalCompute(WithCapacity, WithLogTail, WithForget):
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                     cwd="/",
+                    env={**os.environ, **(secret_env or {})},  # secrets by inheritance: never in a file
                     start_new_session=True,
                     timeout=SPAWN_TIMEOUT_S,
                     check=False,

@@ -1,0 +1,58 @@
+"""Train a readmission classifier with checkpoints: the same script runs on every site and backend.
+
+Launched by archipel (``archipel run examples/train.yaml``): the input is read from the site's storage, the
+model state is checkpointed when the spec's interval is due, and a recovered attempt resumes from the last
+checkpoint, so the final model is bit-identical to an uninterrupted run's. ``TRAIN_STEPS`` and
+``STEP_SECONDS`` (environment) set the length and pace of training.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+
+import archipel
+
+FEATURES = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
+STATE = ("coef_", "intercept_", "t_", "classes_", "n_iter_", "n_features_in_", "_expanded_class_weight")
+BATCH = 64
+
+ctx = archipel.job.context()
+table = ctx.input(ctx.inputs[0])
+columns = [c for c in FEATURES if c in table.column_names] or [
+    c for c in table.column_names if c not in ("id", "patient_id", "readmitted")
+]
+X = np.column_stack([table[c].to_numpy().astype(np.float64) for c in columns])
+X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-12)
+y = table["readmitted"].to_numpy().astype(np.int64)
+steps = int(os.environ.get("TRAIN_STEPS", "200"))
+pause = float(os.environ.get("STEP_SECONDS", "0"))
+ctx.log_params({"model": "SGDClassifier", "loss": "log_loss", "steps": steps, "batch": BATCH})
+
+model = SGDClassifier(loss="log_loss", shuffle=False, random_state=0, alpha=1e-4)
+state = ctx.checkpoint.load()
+start = 0
+if state is not None:  # resume: the model's learned state and the next step
+    for name in STATE:
+        if name in state["model"]:
+            setattr(model, name, state["model"][name])
+    start = int(state["step"])
+    print(f"resumed at step {start} from checkpoint {ctx.checkpoint.seq}", flush=True)
+
+for step in range(start, steps):
+    lo = (step * BATCH) % len(y)
+    model.partial_fit(X[lo : lo + BATCH], y[lo : lo + BATCH], classes=np.array([0, 1]))
+    ctx.log_metric("train_accuracy", float(model.score(X[lo : lo + BATCH], y[lo : lo + BATCH])), step=step)
+    if pause:
+        time.sleep(pause)
+    if ctx.checkpoint.due():
+        state = {"step": step + 1, "model": {n: getattr(model, n) for n in STATE if hasattr(model, n)}}
+        ctx.checkpoint.save(state, step=step + 1)
+
+accuracy = float(model.score(X, y))
+ctx.log_metric("accuracy", accuracy, step=steps)
+weights = {"features": columns, "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist()}
+ctx.output("model", json.dumps(weights, sort_keys=True).encode())
+print(f"trained {steps} steps: accuracy {accuracy:.4f}", flush=True)
