@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     pass
 
 from archipel.cli.common import JsonOpt, State, WorkspaceOpt, open_engine, open_workspace, print_json
+from archipel.cli.cost_cmds import cost_command
 from archipel.cli.data_cmds import audit_app, data_app, policy_app
 from archipel.cli.plan_cmds import plan_command
+from archipel.cli.run_cmds import chaos_app, run_command, runs_app, server_command
 
 app = typer.Typer(
     name="archipel",
@@ -33,6 +35,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 app.command("plan")(plan_command)
+app.command("cost")(cost_command)
+app.command("run")(run_command)
+app.add_typer(runs_app, name="runs")
+app.command("server")(server_command)
+app.add_typer(chaos_app, name="chaos")
 
 
 def _print_version(value: bool) -> None:
