@@ -24,6 +24,9 @@ def run_command(
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before launching.")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once submitted.")] = False,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse the outputs of unchanged steps.")
+    ] = True,
     timeout: Annotated[float, typer.Option(help="Give up following after this many seconds.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,7 +57,7 @@ def run_command(
         render_plan.plan(result)
         if not yes and sys.stdin.isatty() and not typer.confirm("Launch?", default=True):
             raise typer.Exit(1)
-    run_id = submit_run(ws, engine, result, workdir=workdir)
+    run_id = submit_run(ws, engine, result, workdir=workdir, reuse=cache)
     if detach:
         started = _ensure_server(ws)
         if as_json:

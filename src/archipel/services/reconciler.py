@@ -327,6 +327,7 @@ class Reconciler:
         if (
             step.row["state"] == RunState.PENDING
             and step.row["checkpoint"] is None
+            and plan.get("reuse", True)
             and self._reuse(step, key)
         ):
             return

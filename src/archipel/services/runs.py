@@ -32,8 +32,11 @@ def _run_id(name: str) -> str:
     return f"{name[:40]}-{secrets.token_hex(4)}"
 
 
-def submit_run(workspace: Workspace, engine: Engine, result: PlanResult, *, workdir: Path) -> str:
-    """Record a PENDING run of ``result``'s plan; its steps run from a snapshot of ``workdir``."""
+def submit_run(
+    workspace: Workspace, engine: Engine, result: PlanResult, *, workdir: Path, reuse: bool = True
+) -> str:
+    """Record a PENDING run of ``result``'s plan; its steps run from a snapshot of ``workdir``. With ``reuse``
+    a step whose cache key (spec, code, input hashes) matches an earlier successful step takes its outputs."""
     run_id = _run_id(result.spec.name)
     folder = workspace.state_dir / "runs" / run_id
     code = code_snapshot(workdir, folder / "code")
@@ -46,7 +49,7 @@ def submit_run(workspace: Workspace, engine: Engine, result: PlanResult, *, work
                 name=result.spec.name,
                 state=RunState.PENDING,
                 spec=result.spec.model_dump(mode="json"),
-                plan=result.as_json(),
+                plan={**result.as_json(), "reuse": reuse},
                 tags=tags,
                 workdir=str(workdir),
             )

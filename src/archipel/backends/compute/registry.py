@@ -4,10 +4,11 @@
 URI                            scheme, address        backend
 =============================  =====================  =============================================
 ``local``                      ``local``, None        :class:`~archipel.backends.compute.local.LocalCompute`
-``ray+http://HOST:PORT``       ``ray``, ``http://…``  ``RayJobsCompute`` (the Ray Jobs API; extra ``ray``)
+``ray+http://HOST:PORT``       ``ray``, ``http://…``  :class:`~archipel.backends.compute.ray.RayJobsCompute`
 ``ray+https://HOST:PORT``      ``ray``, ``https://…``
 =============================  =====================  =============================================
 
+The Ray backend talks to the Ray Jobs API over HTTP with the standard library: it needs no Ray SDK.
 A backend whose module (or SDK) is not installed raises :class:`MissingDependency` carrying the install command.
 """
 
@@ -35,11 +36,8 @@ class BackendEntry(NamedTuple):
 
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("archipel.backends.compute.local:LocalCompute", None),
-    "ray": BackendEntry(
-        "archipel.backends.compute.ray:RayJobsCompute",
-        "pip install 'archipel[ray]'",
-        pending="the Ray Jobs backend arrives with archipel's executor and is not in this version yet",
-    ),
+    # The Ray backend speaks HTTP to the Jobs API and needs no Ray SDK (the extra `ray` is for running a head).
+    "ray": BackendEntry("archipel.backends.compute.ray:RayJobsCompute", None),
 }
 
 _ACCEPTED = "'local', 'ray+http://HOST:PORT' or 'ray+https://HOST:PORT' (the Ray Jobs API address)"
