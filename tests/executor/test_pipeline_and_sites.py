@@ -1,0 +1,132 @@
+"""Pipelines across sites with reuse of unchanged steps; a dead site moves a run only where policies allow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from archipel.services.chaos import kill_site, revive_site
+from archipel.services.reconciler import Reconciler
+from archipel.services.runs import cancel_run, get_run
+from tests.executor.conftest import submit, write_job
+
+PIPELINE = """
+name: readmission
+steps:
+  prepare:
+    run: python prepare.py
+    inputs: [patients-eu]
+    outputs: {features: {kind: dataset, size: 1MiB}}
+    resources: {cpus: 1, memory: 1GiB, spot: false}
+    constraints: {sites: [onprem-frankfurt]}
+  train:
+    needs: [prepare]
+    run: python train.py
+    inputs: {features: steps.prepare.outputs.features}
+    outputs: {model: {kind: artifact, size: 1MiB}}
+    envs: {TRAIN_STEPS: "30"}
+    resources: {cpus: 1, memory: 1GiB, spot: false}
+    constraints: {sites: [gcp-europe-west4]}
+  report:
+    needs: [train]
+    run: python report.py
+    inputs: {model: steps.train.outputs.model}
+    resources: {cpus: 1, memory: 1GiB, spot: false}
+"""
+
+
+def test_a_three_step_pipeline_runs_across_two_sites_then_is_reused_whole(
+    runs_ws: tuple[Any, Any], tmp_path: Path
+) -> None:
+    ws, engine = runs_ws
+    spec = write_job(tmp_path / "p", PIPELINE, scripts=("prepare.py", "train.py", "report.py"))
+    reconciler = Reconciler(ws, engine)
+    try:
+        first = submit(ws, engine, spec)
+        assert reconciler.drive(first, timeout_s=180) == "SUCCEEDED", get_run(engine, first).steps
+        second = submit(ws, engine, spec)
+        assert reconciler.drive(second, timeout_s=60) == "SUCCEEDED"
+    finally:
+        reconciler.close()
+    one, two = get_run(engine, first), get_run(engine, second)
+    sites = {s["step"]: s["site"] for s in one.steps}
+    assert sites["prepare"] == "onprem-frankfurt" and sites["train"] == "gcp-europe-west4"
+    assert len({*sites.values()}) == 2
+    # the features moved between the sites, verified, and the egress is in the ledger
+    assert ws.storage("gcp-europe-west4").exists(one.steps[0]["outputs"]["features"]["key"])
+    # the report step read the model the train step published
+    report = [m for m in one.metrics if m["step"] == "report" and m["key"] == "features"]
+    assert report and report[0]["value"] == 6.0  # the six named features train.py uses
+    assert [s["cached_from"] for s in two.steps] == [first, first, first]
+    assert two.attempts == [] and all(s["state"] == "SUCCEEDED" for s in two.steps)
+    assert two.steps[1]["outputs"] == one.steps[1]["outputs"]
+
+
+SLOW = """
+name: slow
+run: python train.py
+inputs: [patients-eu]
+outputs: {model: {kind: artifact}}
+envs: {TRAIN_STEPS: "400", STEP_SECONDS: "0.05"}
+resources: {cpus: 1, memory: 1GiB, spot: false}
+checkpoint: 0.3s
+"""
+
+
+def _wait(predicate: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_dead_site_moves_the_run_to_an_allowed_site_and_never_to_a_forbidden_one(
+    runs_ws: tuple[Any, Any], tmp_path: Path
+) -> None:
+    ws, engine = runs_ws
+    from archipel.services.data import replicate_dataset
+
+    replicate_dataset(ws, engine, "patients-eu", "gcp-europe-west4")  # the data survives one site's loss
+    run_id = submit(ws, engine, write_job(tmp_path / "j", SLOW))
+    reconciler = Reconciler(ws, engine)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            reconciler.tick()
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        # the plan's choice runs, checkpoints, and a copy of its checkpoint reaches a fallback site
+        _wait(
+            lambda: (c := get_run(engine, run_id).steps[0]["checkpoint"]) is not None and len(c["sites"]) > 1
+        )
+        first_site = get_run(engine, run_id).steps[0]["site"]
+        kill_site(ws, engine, first_site, storage=True)
+        _wait(
+            lambda: len(get_run(engine, run_id).attempts) >= 2 and get_run(engine, run_id).state == "RUNNING"
+        )
+        second = get_run(engine, run_id)
+        moved_to = second.attempts[-1]["site"]
+        assert moved_to != first_site and moved_to in ("onprem-frankfurt", "gcp-europe-west4")
+        assert "resumed from checkpoint" in second.steps[0]["message"]
+        # now the last allowed site dies too: only aws-us-east-1 (US) is left, which the policy forbids
+        kill_site(ws, engine, moved_to)
+        _wait(lambda: "waiting" in get_run(engine, run_id).steps[0]["message"])
+        time.sleep(1.0)
+        stuck = get_run(engine, run_id)
+        assert stuck.state == "RECOVERING"
+        assert all(a["site"] != "aws-us-east-1" for a in stuck.attempts)
+        assert "aws-us-east-1: default-personal-data-residency" in stuck.steps[0]["message"]
+        cancel_run(ws, engine, run_id)
+        _wait(lambda: get_run(engine, run_id).state == "CANCELLED")
+    finally:
+        stop.set()
+        thread.join()
+        reconciler.close()
+        for site in ("onprem-frankfurt", "gcp-europe-west4"):
+            revive_site(ws, engine, site)
