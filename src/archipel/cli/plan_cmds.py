@@ -32,6 +32,7 @@ def plan_command(
     ws = open_workspace()
     result = make_plan(ws, open_engine(ws), load_plan_spec(spec), objective=objective, solver=solver)
     data = result.as_json()
+    data["workdir"] = str(spec.resolve().parent)  # `run --plan` runs the steps from here
     if output is not None:
         import json
         import os

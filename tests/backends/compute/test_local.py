@@ -156,7 +156,9 @@ class TestLocalCompute(ComputeConformance):
     def test_never_recorded_supervisor_becomes_lost(
         self, backend: ComputeBackend, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(LocalCompute, "_spawn_supervisor", lambda self, job_id, jobdir: None)
+        monkeypatch.setattr(
+            LocalCompute, "_spawn_supervisor", lambda self, job_id, jobdir, secret_env=None: None
+        )
         job = backend.launch(LaunchRequest(command="true"))
         assert backend.status(job).state is JobState.PENDING
         monkeypatch.setattr(local, "_LOST_AFTER_S", 0.0)
@@ -259,3 +261,16 @@ class TestLocalCompute(ComputeConformance):
 )
 def test_utf8_boundary(data: bytes, cut: int) -> None:
     assert _utf8_boundary(data) == cut
+
+
+def test_secret_env_reaches_the_job_but_no_file(tmp_path: Path) -> None:
+    compute = LocalCompute.from_address(None, state_dir=tmp_path / "state", capacity=Resources(cpus=2))
+    secret = "s3cr3t-" + "x" * 20
+    req = LaunchRequest('echo "got=$API_TOKEN"', secret_env={"API_TOKEN": secret})
+    assert secret not in repr(req)
+    job = compute.launch(req)
+    assert compute.wait(job, timeout_s=30).state == "SUCCEEDED"
+    assert f"got={secret}" in compute.logs(job)[0]
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file() and path.name != "stdout.log":
+            assert secret.encode() not in path.read_bytes(), path

@@ -12,6 +12,7 @@ import pytest
 from archipel.backends.compute import registry
 from archipel.backends.compute.base import Resources
 from archipel.backends.compute.local import LocalCompute
+from archipel.backends.compute.ray import RayJobsCompute
 from archipel.backends.compute.registry import BackendEntry, backend_class, open_compute, parse_compute_uri
 from archipel.errors import MissingDependency, SpecError
 from archipel.models.site import check_compute_uri
@@ -64,9 +65,18 @@ def test_open_local(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()  # nothing is created until a job is launched
 
 
-def test_ray_is_not_shipped_yet_and_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(MissingDependency, match=r"executor.*pip install 'archipel\[ray\]'"):
-        open_compute("ray+http://127.0.0.1:8265", state_dir=tmp_path, cpus=1, memory_bytes=0, accelerators={})
+def test_open_ray_needs_no_sdk_and_no_cluster(tmp_path: Path) -> None:
+    backend = open_compute(
+        "ray+http://127.0.0.1:8265/", state_dir=tmp_path / "c", cpus=2, memory_bytes=2**30, accelerators={}
+    )
+    assert isinstance(backend, RayJobsCompute)
+    assert backend.address == "http://127.0.0.1:8265"
+    assert backend.capacity() == Resources(cpus=2, memory_bytes=2**30)
+    assert {"capacity", "log_tail", "forget"} <= type(backend).features()
+    assert not (tmp_path / "c").exists()  # nothing is created (and nothing is asked) until a job is launched
+    assert backend.list_jobs() == []
+    with pytest.raises(SpecError, match=r"ray\+http://HOST:8265"):
+        RayJobsCompute.from_address(None, state_dir=tmp_path, capacity=Resources())
 
 
 def test_missing_sdk_names_the_module_and_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,11 +89,24 @@ def test_missing_sdk_names_the_module_and_the_hint(monkeypatch: pytest.MonkeyPat
         backend_class("nope")
 
 
+def test_a_pending_backend_says_why_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        registry.BACKENDS,
+        "planned",
+        BackendEntry("archipel.backends.compute.planned:Planned", "pip install y", pending="not shipped yet"),
+    )
+    with pytest.raises(
+        MissingDependency, match=r"unavailable: not shipped yet; install it with: pip install y"
+    ):
+        backend_class("planned")
+
+
 def test_imports_stay_light() -> None:
     code = (
         "import sys, json\n"
         "import archipel.backends.compute\n"
-        "light = sorted(m for m in ('pydantic', 'sqlalchemy', 'yaml', 'ray', 'archipel.backends.compute.local')"
+        "light = sorted(m for m in ('pydantic', 'sqlalchemy', 'yaml', 'ray', 'archipel.backends.compute.local',"
+        " 'archipel.backends.compute.ray')"
         " if m in sys.modules)\n"
         "from archipel.cli.main import main\n"
         "print(json.dumps(light))\n"
