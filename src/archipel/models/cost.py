@@ -24,3 +24,5 @@ class BudgetSpec(StrictModel):
     """Only entries carrying all these tags count (e.g. {team: research}); empty counts everything."""
     sites: list[str] | None = None
     """Only entries at these sites count; None counts every site."""
+    enforcement: Literal["hard", "soft"] = "hard"
+    """hard: a plan or a launch that would exceed it is refused; soft: it goes ahead with a warning (audited)."""

@@ -285,14 +285,15 @@ def _transfer_hours(workspace: Workspace, src: str, dst: str, nbytes: int) -> fl
 
 
 def _budget(workspace: Workspace, engine: Engine, spec: PipelineSpec) -> tuple[float | None, str | None]:
-    """The tightest budget whose tags the pipeline carries: what is left of it."""
+    """The tightest hard budget whose tags the pipeline carries: what is left of it (soft budgets only warn,
+    at launch)."""
     tags = dict(spec.tags)
     for step in spec.steps.values():
         tags.update(step.tags)
     tightest: tuple[float, str] | None = None
     with session_scope(engine) as session:
         for name, budget in workspace.spec.budgets.items():
-            if any(tags.get(k) != v for k, v in budget.tags.items()):
+            if budget.enforcement != "hard" or any(tags.get(k) != v for k, v in budget.tags.items()):
                 continue
             left = budget.amount_usd - spent(session, budget.tags, budget.period, sites=budget.sites)
             if tightest is None or left < tightest[0]:

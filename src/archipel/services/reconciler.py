@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -40,7 +41,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from archipel.backends.compute.base import JobState, LaunchRequest, Resources
-from archipel.cost.ledger import add_entry
+from archipel.cost.ledger import add_entry, budget_status
 from archipel.data.ingest import DatasetRef
 from archipel.db.engine import session_scope
 from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow, SiteRow
@@ -50,6 +51,7 @@ from archipel.executor.channel import heartbeat_age, read_events, write_context
 from archipel.executor.moves import allowed, move_object
 from archipel.executor.states import TERMINAL, RunState
 from archipel.models.job import PipelineSpec, StepSpec
+from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Subject
 from archipel.services.data import get_dataset, replicate_dataset, resolve_version
 from archipel.workspace import Workspace
@@ -99,8 +101,11 @@ class _Step:
 class Reconciler:
     """Drives runs; see the module docstring. Thread-compatible: one ``tick`` at a time per instance."""
 
-    def __init__(self, workspace: Workspace, engine: Engine) -> None:
+    def __init__(
+        self, workspace: Workspace, engine: Engine, *, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    ) -> None:
         self.workspace, self.engine = workspace, engine
+        self.heartbeat_timeout_s = heartbeat_timeout_s
         self._copies = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="archipel-ckpt")
         self._copying: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
@@ -343,6 +348,10 @@ class Reconciler:
         failures: list[str] = []
         for option in candidates:
             site = option["site"]
+            refusal = self._budgets(step, option, tags)
+            if refusal is not None:
+                self._set_step(step, RunState.FAILED, refusal)
+                return
             try:
                 inputs = self._materialise(step, spec, steps, plan, site, tags)
                 resume = self._checkpoint_at(step, site, subjects, tags)
@@ -354,8 +363,39 @@ class Reconciler:
                 failures.append(f"{site}: {exc.rule}: {exc}")
             except ArchipelError as exc:
                 failures.append(f"{site}: {type(exc).__name__}: {exc}")
-                log.warning("launching %s/%s at %s failed: %s", step.run_id, step.name, site, exc)
-        self._set_step(step, RunState(step.row["state"]), "waiting: " + "; ".join(failures + why))
+        message = "waiting: " + "; ".join(failures + why)
+        if message != step.row["message"]:  # said once, not at every tick
+            log.warning("run %s step %s %s", step.run_id, step.name, message)
+        self._set_step(step, RunState(step.row["state"]), message)
+
+    def _budgets(self, step: _Step, option: dict[str, Any], tags: dict[str, Any]) -> str | None:
+        """Check the budgets this step's spending counts against: a hard one it would exceed refuses the
+        launch (the message, audited); a soft one is audited as a warning and the launch goes ahead."""
+        step_tags = {**tags, **step.spec.tags}
+        expected = float(option.get("total_usd", 0.0))
+        audit = AuditLog(self.engine, self.workspace.state_dir)
+        with session_scope(self.engine) as session:
+            status = {b.name: b for b in budget_status(session, self.workspace.spec.budgets)}
+        for name, budget in self.workspace.spec.budgets.items():
+            if any(step_tags.get(k) != v for k, v in budget.tags.items()):
+                continue
+            if budget.sites is not None and option["site"] not in budget.sites:
+                continue
+            spent = status[name].spent_usd
+            if spent + expected <= budget.amount_usd:
+                continue
+            detail = (
+                f"budget {name}: ${spent:.4f} of ${budget.amount_usd:g} spent this {budget.period}; "
+                f"{step.name} at {option['site']} would add ${expected:.4f}"
+            )
+            hard = budget.enforcement == "hard"
+            audit.record(action="budget.check", subject=f"{step.run_id}/{step.name}",
+                outcome="refused" if hard else "allowed", reason=detail, rule=name,
+                sites=[option["site"]])  # fmt: skip
+            if hard:
+                return f"refused by hard {detail}"
+            log.warning("soft %s", detail)
+        return None
 
     def _materialise(
         self,
@@ -508,7 +548,7 @@ class Reconciler:
         )
         r = step.spec.resources
         request = LaunchRequest(
-            command=step.spec.run,
+            command=self._with_setup(step, site, code_dir),
             name=f"{step.run_id}-{step.name}"[:128],
             env=env,
             workdir=str((code_dir / step.spec.workdir).resolve()),
@@ -544,6 +584,27 @@ class Reconciler:
             cache_key=cache_key,
         )
         log.info("run %s step %s attempt %d at %s (%s)", step.run_id, step.name, number, site, job_id)
+
+    def _with_setup(self, step: _Step, site: str, code_dir: Path) -> str:
+        """The step's command, preceded by its ``setup`` unless that already ran at ``site``: a requirements
+        file is installed with this installation's pip; anything else runs as a shell command. Done once per
+        site and content (the setup text and the requirements file's bytes), recorded by a marker file."""
+        setup = step.spec.setup
+        if not setup:
+            return step.spec.run
+        requirements = (code_dir / step.spec.workdir / setup).resolve()
+        if setup.endswith(".txt") and requirements.is_file():
+            command = f"{shlex.quote(sys.executable)} -m pip install -q -r {shlex.quote(str(requirements))}"
+            content = requirements.read_bytes()
+        else:
+            command, content = setup, b""
+        digest = hashlib.sha256(command.encode() + b"\0" + content).hexdigest()[:32]
+        folder = self.workspace.state_dir / "setup" / site
+        marker = shlex.quote(str(folder / f"{digest}.done"))
+        return (
+            f"if [ ! -e {marker} ]; then ( {command} ) || exit $?; mkdir -p {shlex.quote(str(folder))} && "
+            f"touch {marker}; fi; {step.spec.run}"
+        )
 
     # -- watching a running step --------------------------------------------------------------------------------
 
@@ -646,7 +707,7 @@ class Reconciler:
             return
         if not status.state.terminal:
             age = attempt.get("heartbeat_age")
-            if age is not None and age > HEARTBEAT_TIMEOUT_S:
+            if age is not None and age > self.heartbeat_timeout_s:
                 with contextlib.suppress(ArchipelError):
                     self.workspace.compute(site).cancel(attempt["job_id"], grace_s=0)
                 reason = f"no heartbeat for {age:.0f} s"
