@@ -1,0 +1,92 @@
+"""``archipel run``, ``runs``, ``chaos`` and ``plan -o`` + ``run --plan`` through the CLI, in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import run
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture
+def ws_with_data(demo_workspace: Any, tmp_path: Path) -> Any:
+    from archipel.data.synthetic import write_patients_csv
+    from archipel.db import connect
+    from archipel.services.data import add_dataset
+
+    engine = connect(demo_workspace.db_url)
+    csv = write_patients_csv(tmp_path / "p.csv", 300, seed=3, id_prefix="eu")
+    add_dataset(demo_workspace, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
+    engine.dispose()
+    return demo_workspace
+
+
+def _job(tmp_path: Path) -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "step.py").write_text(
+        "import archipel\n"
+        "ctx = archipel.job.context()\n"
+        "t = ctx.input('patients-eu')\n"
+        "ctx.log_metric('rows', t.num_rows, step=1)\n"
+        "print('rows', t.num_rows, 'at', ctx.site)\n"
+    )
+    (folder / "job.yaml").write_text("name: count\nrun: python step.py\ninputs: [patients-eu]\n")
+    return folder / "job.yaml"
+
+
+def test_run_then_runs_ls_show_logs(
+    capsys: pytest.CaptureFixture[str], ws_with_data: Any, tmp_path: Path
+) -> None:
+    w = ["--workspace", str(ws_with_data.root)]
+    code, out, err = run(capsys, *w, "run", str(_job(tmp_path)), "--yes", "--json")
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["state"] == "SUCCEEDED" and view["steps"][0]["site"] in (
+        "onprem-frankfurt",
+        "gcp-europe-west4",
+    )
+    assert [m["value"] for m in view["metrics"] if m["key"] == "rows"] == [300.0]
+    run_id = view["id"]
+    code, out, _ = run(capsys, *w, "runs", "ls", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [run_id]
+    code, out, _ = run(capsys, *w, "runs", "show", run_id[:12])  # a unique prefix is enough
+    assert code == 0 and run_id in out and "SUCCEEDED" in out and "rows=300" in out
+    code, out, _ = run(capsys, *w, "runs", "logs", run_id)
+    assert code == 0 and "rows 300 at" in out
+    code, _, err = run(capsys, *w, "runs", "cancel", run_id)
+    assert code == 4 and "already ended" in err
+    code, out, _ = run(capsys, *w, "cost", "--by", "run", "--json")
+    assert code == 0 and run_id in {row["key"] for row in json.loads(out)["rows"]}
+
+
+def test_a_saved_plan_runs_until_something_changes(
+    capsys: pytest.CaptureFixture[str], ws_with_data: Any, tmp_path: Path
+) -> None:
+    w = ["--workspace", str(ws_with_data.root)]
+    spec, saved = _job(tmp_path), tmp_path / "plan.json"
+    assert run(capsys, *w, "plan", str(spec), "-o", str(saved))[0] == 0
+    code, out, err = run(capsys, *w, "run", "--plan", str(saved), "--yes", "--json")
+    assert code == 0, err
+    chosen = json.loads(out)["steps"][0]["site"]
+    assert run(capsys, *w, "chaos", "kill-site", chosen)[0] == 0
+    code, _, err = run(capsys, *w, "run", "--plan", str(saved), "--yes")
+    assert code == 4 and "the saved plan is stale" in err and f"{chosen} ->" in err
+    assert run(capsys, *w, "chaos", "revive", chosen)[0] == 0
+
+
+def test_run_errors_are_clear(capsys: pytest.CaptureFixture[str], ws_with_data: Any, tmp_path: Path) -> None:
+    w = ["--workspace", str(ws_with_data.root)]
+    code, _, err = run(capsys, *w, "run")
+    assert code == 2 and "give a job or pipeline file" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrun: echo\nretires: 2\n")
+    code, _, err = run(capsys, *w, "run", str(bad), "--yes")
+    assert code == 2 and "bad.yaml:3" in err and "retries" in err
+    code, _, err = run(capsys, *w, "runs", "show", "nope")
+    assert code == 3 and "no run" in err
