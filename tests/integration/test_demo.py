@@ -76,7 +76,9 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     assert not [i.key for i in ws.storage("aws-us-east-1").list(f"datasets/{eu.dataset}/")]
     # every egress dollar in the summary is a ledger line
     with session_scope(engine) as session:
-        egress = entries(session, kind="egress")
+        egress = [
+            e for e in entries(session, kind="egress") if e.run_id is None
+        ]  # the data step's, not runs'
     assert round(sum(e.amount_usd for e in egress), 8) == data["egress_usd"] > 0
     assert data["public_replica"]["egress_usd"] == round(egress[-1].amount_usd, 8)
     # the audit log verifies now as it did in the demo, and holds the refusal
@@ -102,4 +104,27 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     assert {(r["step"], r["site"], r["rule"]) for r in plan["refused"]} == {
         (step, "aws-us-east-1", "default-personal-data-residency") for step in ("prepare", "train")
     }
+
+    # the run step: the run as the metadata store, the ledger and the site's storage know it
+    import hashlib
+
+    from archipel.cost.ledger import entries
+    from archipel.services.runs import get_run
+
+    summary_run = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["run"]
+    view = get_run(engine, summary_run["run_id"])
+    train = next(s for s in view.steps if s["step"] == "train")
+    assert view.state == summary_run["state"] == "SUCCEEDED"
+    assert {s["step"]: s["site"] for s in view.steps} == summary_run["sites"]
+    assert train["recoveries"] == summary_run["recoveries"] == 1
+    assert [a["exit_code"] for a in view.attempts if a["step"] == "train"] == [-9, 0]
+    resumed = min(m["at_step"] for m in view.metrics if m["key"] == "train_accuracy" and m["attempt"] == 2)
+    assert resumed == summary_run["resumed_at_step"] == summary_run["checkpoint_step"] > 0
+    with session_scope(engine) as session:
+        ledger = [e for e in entries(session) if e.run_id == view.id]
+    assert round(sum(e.amount_usd for e in ledger if e.kind == "compute"), 9) == summary_run["compute_usd"]
+    assert len([e for e in ledger if e.kind == "compute"]) == len(view.attempts)
+    model = train["outputs"]["model"]
+    data = ws.storage(model["site"]).get(model["key"])
+    assert hashlib.sha256(data).hexdigest() == model["sha256"] == summary_run["model_sha256"]
     engine.dispose()

@@ -2,7 +2,8 @@
 
 Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks.
 The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
-policies, verified replication and the audit log, then a pipeline placed by residency, egress and price.
+policies, verified replication and the audit log, then a pipeline placed by residency, egress and price,
+run there with a killed worker recovered from its checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.rule import Rule
 from archipel.cli import render
 from archipel.cli.demo_data import data_step
 from archipel.cli.demo_plan import plan_step
+from archipel.cli.demo_run import run_step
 from archipel.db import connect
 from archipel.services.apply import apply_plan, plan_apply
 from archipel.services.init import init_workspace
@@ -105,6 +107,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     plan_summary, plan_checks = plan_step(workspace, engine, out)
     summary["steps"]["plan"] = plan_summary
     checks.update(plan_checks)
+    run_summary, run_checks = run_step(workspace, engine, out)
+    summary["steps"]["run"] = run_summary
+    checks.update(run_checks)
 
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
@@ -115,7 +120,7 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     out.print(
         f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
         "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls | "
-        "plan examples/pipeline.yaml"
+        "plan examples/pipeline.yaml | runs ls | runs show RUN | cost --by site"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
