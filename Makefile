@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/planner.py
 	$(BIN)/python benchmarks/transfer.py
+	$(BIN)/python benchmarks/executor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -90,3 +90,46 @@ def test_run_errors_are_clear(capsys: pytest.CaptureFixture[str], ws_with_data: 
     assert code == 2 and "bad.yaml:3" in err and "retries" in err
     code, _, err = run(capsys, *w, "runs", "show", "nope")
     assert code == 3 and "no run" in err
+
+
+def test_detach_hands_the_run_to_a_background_server_that_exits_when_idle(
+    capsys: pytest.CaptureFixture[str], ws_with_data: Any, tmp_path: Path
+) -> None:
+    import time
+
+    from archipel.db import connect
+    from archipel.executor.lease import holder_of
+    from archipel.services.runs import get_run
+
+    w = ["--workspace", str(ws_with_data.root)]
+    code, out, err = run(capsys, *w, "run", str(_job(tmp_path)), "--yes", "--detach", "--json")
+    assert code == 0, err
+    submitted = json.loads(out)
+    assert submitted["server_started"] is True
+    engine = connect(ws_with_data.db_url)
+    deadline = time.monotonic() + 60
+    while get_run(engine, submitted["run_id"]).state != "SUCCEEDED":
+        assert time.monotonic() < deadline, get_run(engine, submitted["run_id"]).steps
+        time.sleep(0.2)
+    assert (holder := holder_of(engine, "reconciler")) is not None and holder.startswith("server-")
+    while holder_of(engine, "reconciler") is not None:  # idle for 2 s: it releases the lease and exits
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.2)
+    engine.dispose()
+
+
+def test_only_the_lease_holder_reconciles(ws_with_data: Any) -> None:
+    from archipel.db import connect
+    from archipel.executor.lease import holder_of, release, try_acquire
+
+    engine = connect(ws_with_data.db_url)
+    assert try_acquire(engine, "reconciler", "a", ttl_s=30)
+    assert not try_acquire(engine, "reconciler", "b", ttl_s=30)
+    assert try_acquire(engine, "reconciler", "a", ttl_s=30)  # renewal
+    release(engine, "reconciler", "a")
+    assert holder_of(engine, "reconciler") is None and try_acquire(engine, "reconciler", "b", ttl_s=0.2)
+    import time
+
+    time.sleep(0.3)  # b stopped renewing: its lease expired
+    assert try_acquire(engine, "reconciler", "a", ttl_s=30) and holder_of(engine, "reconciler") == "a"
+    engine.dispose()

@@ -88,14 +88,16 @@ def _ensure_server(ws) -> bool:
 
     if holder_of(open_engine(ws), LEASE) is not None:
         return False
-    log = open(ws.state_dir / "server.log", "ab")  # noqa: SIM115 - handed to the child
-    subprocess.Popen(
-        [sys.executable, "-m", "archipel.cli", "--workspace", str(ws.root), "server", "--exit-when-idle"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(ws.root), "server", "--exit-when-idle"]
+    with open(ws.state_dir / "server.log", "ab") as log:
+        # through a shell that backgrounds it and exits: the server is nobody's child, so nothing waits for it
+        subprocess.run(
+            ["/bin/sh", "-c", '"$@" </dev/null &', "sh", *argv],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            check=True,
+        )
     return True
 
 
