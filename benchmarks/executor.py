@@ -9,8 +9,8 @@ runs; the benchmark never starts a Ray head. Every ended job is forgotten outsid
 state folder (or the cluster's job list) stays as small for the last run as for the first.
 
 Checkpoint: ``{"weights": float32 array of --size-mb MB, "step": 123}`` saved the way the job SDK's
-``Checkpoints.save`` does (``encode_state``, sha256 of the bytes, ``LocalStore.put(key, data,
-expected_sha256=sha)``: a temp file, fsynced, hashed again while written, renamed, folder fsynced) and loaded
+``Checkpoints.save`` does (``encode_state``, then ``LocalStore.put(key, data)``: a temp file, hashed while
+written, fsynced, renamed, folder fsynced; its sha256 is the one recorded) and loaded
 the way ``Checkpoints.load`` does (``store.get``, sha256 check, ``decode_state``). Left out of the SDK's save: its
 event line and its deletion of the checkpoint before last (an append and an unlink). The baselines: the array's
 bytes written to a file (open, write, flush, fsync, close) and read back (open, read, ``np.frombuffer``). Each
@@ -158,9 +158,7 @@ def bench_checkpoint(work: Path, size: int, rounds: int) -> tuple[list[dict[str,
         t0 = time.perf_counter()
         data = encode_state(state)
         t1 = time.perf_counter()
-        sha = hashlib.sha256(data).hexdigest()
-        t2 = time.perf_counter()
-        store.put(key, data, expected_sha256=sha)
+        sha = store.put(key, data).sha256  # the store hashes what it writes
         t3 = time.perf_counter()
         encoded = len(data)
         del data
@@ -176,8 +174,7 @@ def bench_checkpoint(work: Path, size: int, rounds: int) -> tuple[list[dict[str,
         return {
             "save": t3 - t0,
             "save:encode_state": t1 - t0,
-            "save:sha256": t2 - t1,
-            "save:put": t3 - t2,
+            "save:put+sha256": t3 - t1,
             "load": t7 - t4,
             "load:get": t5 - t4,
             "load:sha256": t6 - t5,
@@ -187,7 +184,7 @@ def bench_checkpoint(work: Path, size: int, rounds: int) -> tuple[list[dict[str,
     runs = _alternate({"plain": plain_round, "archipel": archipel_round}, rounds)
     rows: list[dict[str, Any]] = []
     for op, baseline, method in (
-        ("save", "write+flush+fsync", "encode_state+sha256+put"),
+        ("save", "write+flush+fsync", "encode_state+put(sha256)"),
         ("load", "read+np.frombuffer", "get+sha256+decode_state"),
     ):
         base = [s[op] for s in runs["plain"]]

@@ -91,10 +91,9 @@ class Checkpoints:
     def save(self, state: Mapping[str, Any], *, step: int | None = None) -> str:
         """Store ``state`` atomically as the next checkpoint; return its key. Only the last two are kept."""
         data = encode_state(state)
-        sha = hashlib.sha256(data).hexdigest()
         self.seq += 1
         key = f"{self.prefix}/{self.seq:06d}.ckpt"
-        self._ctx.store.put(key, data, expected_sha256=sha)
+        sha = self._ctx.store.put(key, data).sha256  # hashed by the store as it writes, published atomically
         at_step = step if step is not None else _int_or_none(state.get("step"))
         self._ctx.events.emit("checkpoint", key=key, sha256=sha, size=len(data), seq=self.seq, step=at_step)
         stale = self.seq - KEEP_CHECKPOINTS
