@@ -15,14 +15,14 @@ the target on the namespace's loopback::
 
 Nothing listens anywhere but on the two loopbacks, and no route or interface joins the namespaces. The
 forwarder prints ``FORWARDING <port>`` (flushed) once it accepts and runs until SIGTERM or SIGINT. Bytes are
-copied as they come in both directions; a half-close is passed on; an error on either side aborts both.
+copied as they come in both directions; a half-close is passed on, and the other direction then has
+:data:`LINGER_S` to finish; an error on either side aborts both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import socket
 from collections.abc import Sequence
@@ -30,6 +30,8 @@ from collections.abc import Sequence
 __all__ = ["main", "serve"]
 
 _READ_SIZE = 64 * 1024
+LINGER_S = 5.0
+"""Once one direction of a connection has ended, how long the other may go on before both are closed."""
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,26 +51,46 @@ async def _forward(
     except OSError:
         client_w.transport.abort()  # the client sees a reset, as if it had connected to the target itself
         return
-    writers = (client_w, target_w)
+    pipes = {
+        asyncio.create_task(_pipe(client_r, target_w)),
+        asyncio.create_task(_pipe(target_r, client_w)),
+    }
+    abort = True
     try:
-        await asyncio.gather(_pipe(client_r, target_w), _pipe(target_r, client_w))
-    except (OSError, asyncio.IncompleteReadError):
-        for writer in writers:
-            writer.transport.abort()
+        first, rest = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        if rest and not any(task.exception() for task in first):
+            # One side is done: wait a little for the other, not forever (an HTTP server may keep a
+            # half-closed connection open for its whole keep-alive time).
+            _, rest = await asyncio.wait(rest, timeout=LINGER_S)
+        abort = bool(rest) or any(task.exception() for task in pipes)
     finally:
-        for writer in writers:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        for task in pipes:
+            task.cancel()
+        for writer in (client_w, target_w):
+            if abort:
+                writer.transport.abort()
+            else:
+                writer.close()
 
 
 async def serve(listener: socket.socket, target: tuple[str, int], stop: asyncio.Event) -> None:
     """Forward every connection accepted on ``listener`` (already listening) to ``target`` until ``stop``."""
+    # asyncio keeps only weak references to tasks: hold each connection's, or an idle one may be collected.
+    connections: set[asyncio.Task[None]] = set()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(_forward(reader, writer, target))
+        connections.add(task)
+        task.add_done_callback(connections.discard)
+
     listener.setblocking(False)
-    server = await asyncio.start_server(lambda r, w: _forward(r, w, target), sock=listener)
+    server = await asyncio.start_server(accept, sock=listener)
     async with server:
         print(f"FORWARDING {listener.getsockname()[1]}", flush=True)
         await stop.wait()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -13,11 +13,12 @@ How archipel's contract maps onto Ray's (see :mod:`archipel.backends.compute.bas
   made by the first launch. A backend knows only the jobs of its scope: ``status``/``logs``/``cancel`` of any
   other job on the cluster (another workspace's, someone's ``ray job submit``, a Ray driver) is NotFound, and
   ``list_jobs`` lists only its own.
-- **Command.** Ray runs the entrypoint with ``/bin/sh -c``. archipel's entrypoint is ``exec ARGV`` with ARGV
-  shell-quoted, so a string command runs as ``/bin/sh -c COMMAND`` and a list runs without a shell, as on
-  :class:`~archipel.backends.compute.local.LocalCompute`.
-- **Workdir.** An absolute directory *on the Ray node*; the entrypoint starts with ``cd -- WORKDIR &&`` (a missing
-  one fails the job with the shell's message). Not runtime_env ``working_dir``: Ray would upload a copy, so the
+- **Command.** Ray runs the entrypoint with ``/bin/sh -c``. archipel's entrypoint is
+  ``printf MARK && [cd -- WORKDIR &&] exec ARGV`` with ARGV shell-quoted, so a string command runs as
+  ``/bin/sh -c COMMAND`` and a list runs without a shell, as on
+  :class:`~archipel.backends.compute.local.LocalCompute`. MARK is the line ``\x1earchipel`` (see logs).
+- **Workdir.** An absolute directory *on the Ray node* (``cd`` in the entrypoint; a missing one fails the job,
+  exit code 2, with the shell's message in its log). Not runtime_env ``working_dir``: Ray would upload a copy, so the
   job would neither start in the directory it names nor write into it. None: Ray's default directory.
 - **Environment.** ``env`` goes to runtime_env ``env_vars``, with ``ARCHIPEL_JOB_ID`` and
   ``RAY_JOB_STOP_WAIT_TIME_S`` (see cancel). Ray applies them to the whole Ray job: its tasks and actors too.
@@ -27,13 +28,17 @@ How archipel's contract maps onto Ray's (see :mod:`archipel.backends.compute.bas
 - **States.** PENDING, RUNNING, SUCCEEDED and FAILED as they are; STOPPED → CANCELLED; FAILED because the job's
   supervisor actor died → LOST (the outcome is unknown). ``exit_code`` is Ray's ``driver_exit_code`` (negative
   for a signal); ``started_at`` is Ray's ``start_time`` (the submission) once the job left PENDING.
-- **Logs.** Ray keeps one log per job: runtime-env setup lines, then ``Running entrypoint for job ID: …``, then
-  the job's stdout and stderr merged. ``logs`` returns what follows that header; offsets count bytes of its
-  UTF-8 encoding. Ray's API has no ranged read, so every call fetches the whole log.
+- **Logs.** Ray keeps one log per job: runtime-env setup lines, Ray's header ``Running entrypoint for job ID: …``
+  and the job's stdout and stderr, merged. Ray 2.60 writes its header through a buffer it flushes only after
+  starting the job, so the header may land after the job's first output. ``logs`` therefore returns what follows
+  the job's own first line, MARK, less Ray's header if it came later; offsets count bytes of its UTF-8
+  encoding. Ray's API has no ranged read, so every call fetches the whole log.
 - **Cancel.** Ray sends SIGTERM to the entrypoint and its descendants, then SIGKILL after
   ``RAY_JOB_STOP_WAIT_TIME_S``, which the job's supervisor reads from the job's environment. The grace is thus
   fixed per job at launch (``stop_grace_s``, whole seconds) and the ``grace_s`` given to ``cancel`` cannot change
   it. Ray 2.60 waits that whole grace even when the job ends at SIGTERM, so a cancel takes about ``stop_grace_s``.
+  Ray ignores a stop while a job waits to be scheduled (ray-project/ray#58353; it stops the job once it starts):
+  such a job is recorded cancelled in ``state_dir/cancelled/`` and reported CANCELLED from then on.
 - **Capacity.** :class:`WithCapacity` against the site's declared capacity, counted from this scope's jobs that
   are not terminal. Launches sharing a ``state_dir`` hold a file lock while they check and submit, so they never
   overbook. Ray schedules as well: a job within archipel's capacity but beyond the cluster's free resources
@@ -64,6 +69,7 @@ from urllib.parse import urlsplit
 
 from archipel.backends.compute._supervisor import describe_exit
 from archipel.backends.compute.base import (
+    JOB_ID,
     JobState,
     JobStatus,
     LaunchRequest,
@@ -87,8 +93,35 @@ _ACCELERATOR_TYPE_SHARE = 0.001  # what Ray itself asks of accelerator_type:NAME
 _STOP_SLACK_S = 10.0
 """How long past its stop grace a stopped job may take to be reported ended before cancel gives up."""
 _POLL_S = 0.05
+_PENDING_STOP_S = 3.0
+"""How long cancel waits for a PENDING job to start (and Ray to stop it) before recording it cancelled."""
+_CANCELLED_DIR = "cancelled"
+_CANCELLED_PENDING = (
+    "cancelled while waiting to be scheduled; Ray stops a job only once it has started, so it will stop this "
+    "one as soon as it starts (or fail it when its start times out)"
+)
 _RESTOP_EVERY_S = 0.5
 _ERROR_TEXT_CHARS = 500
+_MARK = "\x1earchipel\n"
+"""The first line every job prints (see logs in the module docstring): the record separator, ``archipel``."""
+_PRINT_MARK = r"printf '\036archipel\n'"
+
+
+def _job_output(log: str, ray_header: str) -> bytes:
+    """The job's own output in Ray's ``log`` of it: what follows MARK, less ``ray_header`` if that came later.
+
+    Nothing before MARK is the job's: the entrypoint prints MARK before anything else. The header (the entrypoint
+    and with it MARK's source, ``\\036`` not the byte 0x1e, so it cannot be taken for MARK) is one ``write``
+    to a file Ray opened for appending, so when it lands after MARK it lands whole, between two of the job's.
+    """
+    mark = log.find(_MARK)
+    if mark < 0:
+        return b""  # not started yet
+    start = mark + len(_MARK)
+    header = log.find(ray_header)
+    if header >= start:
+        log = log[:header] + log[header + len(ray_header) :]
+    return log[start:].encode("utf-8", "replace")
 
 
 def _utf8_cut(data: bytes, start: int, max_bytes: int) -> int:
@@ -120,10 +153,10 @@ class _Reply:
 class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
     """Jobs on the Ray cluster whose Jobs API is at ``address`` (``http://HOST:8265``).
 
-    ``state_dir`` holds this backend's scope token and launch lock (created by the first launch; nothing else is
-    written there). ``capacity`` is what archipel may run on the cluster at once. ``stop_grace_s`` is the
-    SIGTERM-to-SIGKILL time of every job launched (whole seconds). ``timeout_s`` bounds each HTTP request.
-    Several processes may use the same ``state_dir`` at once.
+    ``state_dir`` holds this backend's scope token, its launch lock and the cancels Ray could not act on yet;
+    the first launch creates it. ``capacity`` is what archipel may run on the cluster at once. ``stop_grace_s``
+    is the SIGTERM-to-SIGKILL time of every job launched (whole seconds). ``timeout_s`` bounds each HTTP
+    request. Several processes may use the same ``state_dir`` at once.
     """
 
     scheme = "ray"
@@ -166,7 +199,6 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
     # -- hooks -----------------------------------------------------------------------------------------------
 
     def _check_request(self, req: LaunchRequest) -> None:
-        super()._check_request(req)
         if req.workdir is not None and not req.workdir.startswith("/"):
             raise SpecError(
                 f"workdir {req.workdir!r} must be an absolute path on the Ray cluster's nodes; "
@@ -178,6 +210,7 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
                 f"job {req.name!r} asks for {', '.join(kinds)}: a Ray job's entrypoint runs on one node, "
                 "with one accelerator type"
             )
+        super()._check_request(req)  # capacity: after what no capacity could fix
 
     def _capacity(self) -> Resources:
         return self._limits
@@ -209,7 +242,7 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         return job_id
 
     def _status(self, job_id: str) -> JobStatus:
-        return self._to_status(self._details(job_id))
+        return self._to_status(self._details(job_id), self._cancel_records(job_id).get(job_id))
 
     def _logs(self, job_id: str, offset: int, max_bytes: int) -> tuple[str, int]:
         details = self._details(job_id)
@@ -217,32 +250,39 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         text = answer.get("logs") if isinstance(answer, dict) else None
         if not isinstance(text, str):
             raise ComputeError(f"the Ray Jobs API sent the log of job {job_id} as {type(text).__name__}")
-        header = f"Running entrypoint for job {job_id}: {details.get('entrypoint', '')}\n"
-        at = text.find(header)
-        data = (
-            b"" if at < 0 else text[at + len(header) :].encode("utf-8", "replace")
-        )  # before it: not started
+        data = _job_output(text, f"Running entrypoint for job {job_id}: {details.get('entrypoint', '')}\n")
         if offset >= len(data):
             return "", offset
         end = _utf8_cut(data, offset, max_bytes)
         return data[offset:end].decode("utf-8", "replace"), end
 
     def _cancel(self, job_id: str, grace_s: float) -> JobStatus:
-        """Ask Ray to stop the job, then wait until Ray reports it ended (``grace_s`` is fixed at launch)."""
-        deadline = time.monotonic() + self.stop_grace_s + _STOP_SLACK_S
+        """Ask Ray to stop the job, then wait until Ray reports it ended (``grace_s`` is fixed at launch).
+
+        A job still PENDING after :data:`_PENDING_STOP_S` is waiting to be scheduled, and Ray acts on a stop
+        only once it starts (ray-project/ray#58353): when Ray has taken the stop (its supervisor exists), the
+        job is recorded cancelled here, and Ray stops it as soon as it starts.
+        """
+        start = time.monotonic()
+        deadline = start + self.stop_grace_s + _STOP_SLACK_S
         asked_at = -math.inf
+        taken = False
         while True:
             current = self._status(job_id)
             if current.state.terminal:
                 return current
+            if taken and current.state is JobState.PENDING and time.monotonic() - start >= _PENDING_STOP_S:
+                self._record_cancel(job_id)
+                return self._status(job_id)
             if time.monotonic() >= deadline:
                 raise ComputeError(
                     f"job {job_id} is still {current.state} {self.stop_grace_s + _STOP_SLACK_S:g} s after "
                     f"it was asked to stop: {current.message}"
                 )
             if time.monotonic() - asked_at >= _RESTOP_EVERY_S:
-                # Ray forgets a stop that arrives before the job's supervisor exists: ask until it ends.
-                self._expect(self._send("POST", f"/api/jobs/{job_id}/stop"), f"stop job {job_id}")
+                # Ray drops a stop that comes before the job's supervisor exists ("stopped": false): ask again.
+                answer = self._expect(self._send("POST", f"/api/jobs/{job_id}/stop"), f"stop job {job_id}")
+                taken |= isinstance(answer, dict) and answer.get("stopped") is True
                 asked_at = time.monotonic()
             time.sleep(_POLL_S)
 
@@ -252,18 +292,28 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
             return []
         own = [details for details in self._list_cluster() if self._owned(details, scope)]
         own.sort(key=lambda d: (self._created_at(d), d["submission_id"]))
-        return [self._to_status(details) for details in own]
+        cancelled = self._cancel_records()
+        return [self._to_status(details, cancelled.get(details["submission_id"])) for details in own]
 
     # -- Ray extras ------------------------------------------------------------------------------------------
 
     def forget(self, job_id: str) -> None:
         """Delete an ended job's record and log on the cluster. Raises NotFound, or Conflict if it has not ended."""
-        current = self.status(job_id)
+        details = self._details(job_id)
+        record = self._cancel_records(job_id).get(job_id)
+        current = self._to_status(details, record)
         if not current.state.terminal:
             raise Conflict(f"job {job_id} is {current.state}; cancel it before forgetting it")
+        if record is not None and details.get("status") in ("PENDING", "RUNNING"):
+            raise Conflict(
+                f"job {job_id} is cancelled but Ray still holds it {details['status']} until it can stop it; "
+                "forget it once Ray has"
+            )
         reply = self._send("DELETE", f"/api/jobs/{job_id}")
         if reply.status != 404:  # 404: forgotten concurrently
             self._expect(reply, f"delete job {job_id}")
+        if record is not None:
+            (self.state_dir / _CANCELLED_DIR / job_id).unlink(missing_ok=True)
 
     # -- HTTP ------------------------------------------------------------------------------------------------
 
@@ -281,11 +331,8 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         except urllib.error.HTTPError as exc:
             with exc:
                 return _Reply(exc.code, exc.read())
-        except (
-            urllib.error.URLError,
-            OSError,
-            http.client.HTTPException,
-        ) as exc:  # refused, reset, timeout...
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # refused, reset, timed out, unknown host, or a reply cut short
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, TimeoutError):
                 reason = f"no answer within {self.timeout_s:g} s"
@@ -331,8 +378,11 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
     # -- mapping ---------------------------------------------------------------------------------------------
 
     def _entrypoint(self, req: LaunchRequest) -> str:
-        command = f"exec {shlex.join(req.argv)}"
-        return command if req.workdir is None else f"cd -- {shlex.quote(req.workdir)} && {command}"
+        steps = [_PRINT_MARK]
+        if req.workdir is not None:
+            steps.append(f"cd -- {shlex.quote(req.workdir)}")
+        steps.append(f"exec {shlex.join(req.argv)}")
+        return " && ".join(steps)
 
     def _submission(self, req: LaunchRequest, job_id: str, scope: str) -> dict[str, Any]:
         env = {**req.env, "ARCHIPEL_JOB_ID": job_id, "RAY_JOB_STOP_WAIT_TIME_S": str(self.stop_grace_s)}
@@ -364,8 +414,11 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
     def _used(self, cluster: list[dict[str, Any]], scope: str) -> Resources:
         """The resources of the jobs of ``scope`` in ``cluster`` that are not terminal."""
         used = Resources(cpus=0)
+        cancelled = self._cancel_records()
         for details in cluster:
-            if self._owned(details, scope) and not self._to_status(details).state.terminal:
+            if not self._owned(details, scope):
+                continue
+            if not self._to_status(details, cancelled.get(details["submission_id"])).state.terminal:
                 used = used + self._resources_of(details)
         return used
 
@@ -395,9 +448,21 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
                 f"job {details.get('submission_id')} on the Ray cluster has no readable resources: {exc}"
             ) from None
 
-    def _to_status(self, details: Mapping[str, Any]) -> JobStatus:
-        """archipel's view of Ray's record of a job (see the mapping in the module docstring)."""
+    def _to_status(self, details: Mapping[str, Any], cancelled: Mapping[str, Any] | None) -> JobStatus:
+        """archipel's view of Ray's record of a job (see the mapping in the module docstring).
+
+        ``cancelled`` is this backend's record of a cancel Ray could not act on yet: it wins over Ray's state.
+        """
         job_id = details["submission_id"]
+        metadata = details.get("metadata") or {}
+        if cancelled is not None:
+            return JobStatus(
+                job_id,
+                JobState.CANCELLED,
+                ended_at=cancelled["ended_at"],
+                message=_CANCELLED_PENDING,
+                name=metadata.get(_NAME_KEY, ""),
+            )
         ray_state = details.get("status")
         code = details.get("driver_exit_code")
         message = details.get("message") or ""
@@ -416,7 +481,6 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         else:
             raise ComputeError(f"job {job_id} is in a state archipel does not know: {ray_state!r}")
         start, end = details.get("start_time"), details.get("end_time")
-        metadata = details.get("metadata") or {}
         return JobStatus(
             job_id,
             state,
@@ -448,6 +512,29 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
             tmp.write_text(token + "\n", encoding="ascii")
             os.replace(tmp, self.state_dir / "scope")  # readers see the whole token or no file
         return token
+
+    def _cancel_records(self, job_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """This backend's records of jobs cancelled while Ray held them PENDING: all, or ``job_id``'s."""
+        folder = self.state_dir / _CANCELLED_DIR
+        names = [job_id] if job_id is not None else (os.listdir(folder) if folder.is_dir() else [])
+        records = {}
+        for name in names:
+            if not JOB_ID.fullmatch(name):
+                continue  # a temporary file
+            try:
+                records[name] = json.loads((folder / name).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise ComputeError(f"cannot read {folder / name}: {exc}") from None
+        return records
+
+    def _record_cancel(self, job_id: str) -> None:
+        folder = self.state_dir / _CANCELLED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{job_id}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"ended_at": time.time()}), encoding="utf-8")
+        os.replace(tmp, folder / job_id)  # readers see the whole record or none
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
