@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.ray_head"]  # the session's one Ray head (ray_head fixture), shared by every test dir
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

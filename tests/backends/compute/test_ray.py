@@ -24,7 +24,7 @@ import pytest
 from archipel.backends.compute.base import ComputeBackend, JobState, LaunchRequest, Resources
 from archipel.backends.compute.ray import RayJobsCompute
 from archipel.errors import ComputeError, Conflict, NotFound, SiteUnavailable, SpecError
-from tests.backends.compute.conftest import RayHead, netns_pids
+from tests.ray_head import RayHead, netns_pids
 from tests.conformance.compute import BackendFactory, ComputeConformance, process_gone, wait_for
 
 MakeBackend = Callable[..., ComputeBackend]
