@@ -18,6 +18,7 @@ from archipel.cli.demo_plan import DEMO_PIPELINE
 from archipel.cost.ledger import entries
 from archipel.db.engine import session_scope
 from archipel.errors import NotFound
+from archipel.executor.channel import read_context
 from archipel.models.job import PipelineSpec
 from archipel.services.plan import make_plan
 from archipel.services.reconciler import POLL_S, Reconciler
@@ -80,12 +81,9 @@ def run_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[s
                 status = workspace.compute(attempt["site"]).status(attempt["job_id"])
                 if status.pid is not None and not status.state.terminal:
                     os.killpg(status.pid, signal.SIGKILL)
-                    checkpoint_at = int(get_run(engine, run_id).steps[1]["checkpoint"]["step"])
-                    killed_at = max(m["at_step"] for m in get_run(engine, run_id).metrics
-                                    if m["key"] == "train_accuracy")  # fmt: skip
+                    killed_at = max(logged)
                     out.print(
-                        f"[red]Killed[/] the train worker (SIGKILL) at step {killed_at}; last checkpoint: step "
-                        f"{checkpoint_at}"
+                        f"[red]Killed[/] the train worker (SIGKILL) after step {killed_at} was reported"
                     )
             time.sleep(POLL_S)
     finally:
@@ -94,8 +92,15 @@ def run_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[s
     render_runs.show(view)
     train = next(s for s in view.steps if s["step"] == "train")
     attempts = [a for a in view.attempts if a["step"] == "train"]
+    first = [m["at_step"] for m in view.metrics if m["key"] == "train_accuracy" and m["attempt"] == 1]
     second = [m["at_step"] for m in view.metrics if m["key"] == "train_accuracy" and m["attempt"] == 2]
+    killed_at = max(first) if killed_at is not None and first else killed_at  # the last step attempt 1 logged
     resumed_at = min(second) if second else None
+    if len(attempts) > 1:  # the checkpoint the control plane handed attempt 2
+        resume = read_context(workspace.state_dir / "runs" / run_id / "train" / "attempt-2").get(
+            "checkpoint", {}
+        )
+        checkpoint_at = (resume.get("resume") or {}).get("step")
     with session_scope(engine) as session:
         ledger = [e for e in entries(session) if e.run_id == run_id]
     compute_usd = sum(e.amount_usd for e in ledger if e.kind == "compute")

@@ -174,7 +174,7 @@ class Reconciler:
             step = steps[name]
             state = RunState(step.row["state"])
             if cancel and not state.terminal:
-                self._cancel(step)
+                self._cancel(step, tags)
             elif state is RunState.RUNNING:
                 self._watch(step, spec, plan, tags)
             elif state in (RunState.PENDING, RunState.PLACED, RunState.RECOVERING):
@@ -492,7 +492,7 @@ class Reconciler:
                 )
             ckpt = {**ckpt, "sites": [*ckpt["sites"], site]}
             self._set_step(step, RunState(step.row["state"]), step.row["message"], checkpoint=ckpt)
-        return {k: ckpt[k] for k in ("key", "sha256", "size", "seq")}
+        return {k: ckpt[k] for k in ("key", "sha256", "size", "seq", "step")}
 
     def _launch(
         self,
@@ -771,14 +771,14 @@ class Reconciler:
                 run_id=step.run_id, description=f"{step.name} attempt {attempt['number']} ({attempt['offer']}"
                 f"{', spot' if attempt['spot'] else ''}): {reason}")  # fmt: skip
 
-    def _cancel(self, step: _Step) -> None:
+    def _cancel(self, step: _Step, tags: dict[str, Any]) -> None:
         attempt = step.attempt
         if attempt is not None and attempt["state"] == RunState.RUNNING:
             try:
                 self.workspace.compute(attempt["site"]).cancel(attempt["job_id"])
             except ArchipelError as exc:
                 log.warning("cancelling %s failed: %s", attempt["job_id"], exc)
-            self._end_attempt(step, attempt, "CANCELLED", None, "cancelled", {})
+            self._end_attempt(step, attempt, "CANCELLED", None, "cancelled", tags)
         self._set_step(step, RunState.CANCELLED, "cancelled")
 
 
