@@ -24,8 +24,8 @@ import pytest
 from archipel.backends.compute.base import ComputeBackend, JobState, LaunchRequest, Resources
 from archipel.backends.compute.ray import RayJobsCompute
 from archipel.errors import ComputeError, Conflict, NotFound, SiteUnavailable, SpecError
-from tests.ray_head import RayHead, netns_pids
 from tests.conformance.compute import BackendFactory, ComputeConformance, process_gone, wait_for
+from tests.ray_head import RayHead, netns_pids
 
 MakeBackend = Callable[..., ComputeBackend]
 STOP_GRACE_S = 1
