@@ -28,8 +28,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shlex
-import shutil
 import sys
 import threading
 import time
@@ -48,6 +46,7 @@ from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow, Sit
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NoCapacity, PolicyViolation
 from archipel.executor.channel import heartbeat_age, read_events, write_context
+from archipel.executor.launch import with_setup
 from archipel.executor.moves import allowed, move_object
 from archipel.executor.states import TERMINAL, RunState
 from archipel.models.job import PipelineSpec, StepSpec
@@ -56,7 +55,7 @@ from archipel.policy.engine import Subject
 from archipel.services.data import get_dataset, replicate_dataset, resolve_version
 from archipel.workspace import Workspace
 
-__all__ = ["HEARTBEAT_TIMEOUT_S", "MAX_RECOVERIES", "POLL_S", "Reconciler", "code_snapshot"]
+__all__ = ["HEARTBEAT_TIMEOUT_S", "MAX_RECOVERIES", "POLL_S", "Reconciler"]
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +63,6 @@ POLL_S = 0.2
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("ARCHIPEL_HEARTBEAT_TIMEOUT_S", "15"))
 MAX_RECOVERIES = 20
 UNHEALTHY = ("degraded", "unreachable")
-_SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modules"}
-_MAX_CODE_BYTES = 100 * 2**20
-
-
-def code_snapshot(source: Path, dest: Path) -> str:
-    """Copy the job's folder (without VCS, caches and archipel's state) to ``dest``; return its tree hash."""
-    digest = hashlib.sha256()
-    total = 0
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if any(part in _SKIP for part in rel.parts) or not path.is_file():
-            continue
-        total += path.stat().st_size
-        if total > _MAX_CODE_BYTES:
-            raise ArchipelError(f"{source} holds more than 100 MiB of files; point workdir at the code only")
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
-        digest.update(str(rel).encode() + b"\0" + hashlib.sha256(target.read_bytes()).digest())
-    dest.mkdir(parents=True, exist_ok=True)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -586,25 +564,10 @@ class Reconciler:
         log.info("run %s step %s attempt %d at %s (%s)", step.run_id, step.name, number, site, job_id)
 
     def _with_setup(self, step: _Step, site: str, code_dir: Path) -> str:
-        """The step's command, preceded by its ``setup`` unless that already ran at ``site``: a requirements
-        file is installed with this installation's pip; anything else runs as a shell command. Done once per
-        site and content (the setup text and the requirements file's bytes), recorded by a marker file."""
-        setup = step.spec.setup
-        if not setup:
+        if not step.spec.setup:
             return step.spec.run
-        requirements = (code_dir / step.spec.workdir / setup).resolve()
-        if setup.endswith(".txt") and requirements.is_file():
-            command = f"{shlex.quote(sys.executable)} -m pip install -q -r {shlex.quote(str(requirements))}"
-            content = requirements.read_bytes()
-        else:
-            command, content = setup, b""
-        digest = hashlib.sha256(command.encode() + b"\0" + content).hexdigest()[:32]
-        folder = self.workspace.state_dir / "setup" / site
-        marker = shlex.quote(str(folder / f"{digest}.done"))
-        return (
-            f"if [ ! -e {marker} ]; then ( {command} ) || exit $?; mkdir -p {shlex.quote(str(folder))} && "
-            f"touch {marker}; fi; {step.spec.run}"
-        )
+        folder = code_dir / step.spec.workdir
+        return with_setup(step.spec.run, step.spec.setup, folder, self.workspace.state_dir / "setup" / site)
 
     # -- watching a running step --------------------------------------------------------------------------------
 

@@ -19,10 +19,10 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow
 from archipel.db.types import utcnow
 from archipel.errors import Conflict, NotFound
+from archipel.executor.launch import code_snapshot
 from archipel.executor.states import RunState
 from archipel.policy.audit import AuditLog
 from archipel.services.plan import PlanResult
-from archipel.services.reconciler import code_snapshot
 from archipel.workspace import Workspace
 
 __all__ = ["RunView", "cancel_run", "get_run", "list_runs", "run_logs", "submit_run"]
