@@ -19,13 +19,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(UV) -e '.[dev]'
 	touch $@ $(VENV)/.installed-core
 
+# The CPU build of torch, for the Ray Train example's test: pip finds the local wheel (find-links in pip.conf);
+# uv ignores it and a plain `torch` from the index is the multi-GB CUDA build.
+$(VENV)/.installed-torch: | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	touch $@
+
 install: $(VENV)/.installed-core
 dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-core
 	$(BIN)/archipel demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(VENV)/.installed-torch
 	ARCHIPEL_TEST_PG_URL="$$(bash scripts/ensure-postgres.sh)" || { [ "$${CI:-}" != true ] || exit 1; }; \
 	export ARCHIPEL_TEST_PG_URL; \
 	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)

@@ -66,6 +66,7 @@ class Checkpoints:
         self.prefix: str = spec["prefix"]
         self._resume: Mapping[str, Any] | None = spec.get("resume")
         self.seq = int(self._resume["seq"]) if self._resume else 0
+        self._kept: list[str] = [self._resume["key"]] if self._resume else []
         self._last = time.monotonic()
         self._loaded = False
 
@@ -92,14 +93,15 @@ class Checkpoints:
         """Store ``state`` atomically as the next checkpoint; return its key. Only the last two are kept."""
         data = encode_state(state)
         self.seq += 1
-        key = f"{self.prefix}/{self.seq:06d}.ckpt"
+        # the attempt is in the name: a worker of an earlier attempt that outlives its stop never overwrites one
+        key = f"{self.prefix}/{self.seq:06d}-a{self._ctx.attempt}.ckpt"
         sha = self._ctx.store.put(key, data).sha256  # hashed by the store as it writes, published atomically
         at_step = step if step is not None else _int_or_none(state.get("step"))
         self._ctx.events.emit("checkpoint", key=key, sha256=sha, size=len(data), seq=self.seq, step=at_step)
-        stale = self.seq - KEEP_CHECKPOINTS
-        if stale >= 1:
+        self._kept.append(key)
+        while len(self._kept) > KEEP_CHECKPOINTS:
             with contextlib.suppress(NotFound):
-                self._ctx.store.delete(f"{self.prefix}/{stale:06d}.ckpt")
+                self._ctx.store.delete(self._kept.pop(0))
         self._last = time.monotonic()
         return key
 
