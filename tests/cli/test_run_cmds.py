@@ -10,8 +10,6 @@ import pytest
 
 from tests.cli.conftest import run
 
-pytest.importorskip("sklearn")
-
 
 @pytest.fixture
 def ws_with_data(demo_workspace: Any, tmp_path: Path) -> Any:

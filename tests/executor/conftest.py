@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("sklearn", reason="the training example needs scikit-learn (a dev dependency)")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

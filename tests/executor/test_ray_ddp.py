@@ -17,10 +17,18 @@ from archipel.services.apply import apply_plan, plan_apply
 from archipel.services.reconciler import Reconciler
 from archipel.services.runs import get_run
 from archipel.workspace import load_workspace
+from tests.conftest import require
 from tests.executor.conftest import submit, write_job
 from tests.ray_head import RayHead
 
-pytest.importorskip("torch", reason="the DDP example needs PyTorch (make test installs the CPU build)")
+
+@pytest.fixture(autouse=True)
+def _torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        require("PyTorch", "the DDP example needs it (make test installs the CPU build)")
+
 
 pytestmark = pytest.mark.ray
 
