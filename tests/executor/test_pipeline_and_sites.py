@@ -46,6 +46,19 @@ def test_a_three_step_pipeline_runs_across_two_sites_then_is_reused_whole(
     try:
         first = submit(ws, engine, spec)
         assert reconciler.drive(first, timeout_s=180) == "SUCCEEDED", get_run(engine, first).steps
+        from archipel.services.plan import load_plan_spec, make_plan
+        from archipel.services.runs import predict_cached
+
+        replan = make_plan(ws, engine, load_plan_spec(spec))
+        assert predict_cached(engine, replan, workdir=spec.parent) == dict.fromkeys(
+            ("prepare", "train", "report"), first
+        )
+        (spec.parent / "report.py").write_text((spec.parent / "report.py").read_text() + "\n# changed\n")
+        changed = predict_cached(engine, replan, workdir=spec.parent)
+        assert changed == {}  # the code of one step changed: the snapshot hash covers the whole folder
+        (spec.parent / "report.py").write_text(
+            (spec.parent / "report.py").read_text().removesuffix("\n# changed\n")
+        )
         second = submit(ws, engine, spec)
         assert reconciler.drive(second, timeout_s=60) == "SUCCEEDED"
     finally:

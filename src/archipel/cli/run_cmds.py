@@ -37,7 +37,7 @@ def run_command(
     from archipel.cli import render_plan, render_runs
     from archipel.errors import SpecError
     from archipel.services.plan import check_saved_plan, load_plan_spec, make_plan
-    from archipel.services.runs import get_run, submit_run
+    from archipel.services.runs import get_run, predict_cached, submit_run
 
     ws = open_workspace()
     engine = open_engine(ws)
@@ -53,8 +53,13 @@ def run_command(
         workdir = spec.resolve().parent
     else:
         raise SpecError("give a job or pipeline file, or --plan PLAN.json")
+    cached = predict_cached(engine, result, workdir=workdir) if cache else {}
     if not as_json:
         render_plan.plan(result)
+        for step_name, earlier in cached.items():
+            render_runs.console().print(
+                f"[green]cached[/] {step_name}: unchanged since run {earlier}; its outputs are reused"
+            )
         if not yes and sys.stdin.isatty() and not typer.confirm("Launch?", default=True):
             raise typer.Exit(1)
     run_id = submit_run(ws, engine, result, workdir=workdir, reuse=cache)

@@ -6,20 +6,22 @@ import hashlib
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from archipel.errors import UserError
+from archipel.models.job import StepSpec
 
-__all__ = ["code_snapshot", "with_setup"]
+__all__ = ["cache_key", "code_hash", "code_snapshot", "pinned_version", "with_setup"]
 
 _SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modules"}
 _MAX_CODE_BYTES = 100 * 2**20
 
 
-def code_snapshot(source: Path, dest: Path) -> str:
-    """Copy the job's folder (without VCS, caches and archipel's state) to ``dest``; return its tree hash."""
-    digest = hashlib.sha256()
-    total = 0
+def _files(source: Path) -> list[tuple[Path, Path]]:
+    """``(path, relative path)`` of the job's files, sorted; UserError beyond 100 MiB."""
+    found, total = [], 0
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
         if any(part in _SKIP for part in rel.parts) or not path.is_file():
@@ -27,12 +29,58 @@ def code_snapshot(source: Path, dest: Path) -> str:
         total += path.stat().st_size
         if total > _MAX_CODE_BYTES:
             raise UserError(f"{source} holds more than 100 MiB of files; point workdir at the code only")
+        found.append((path, rel))
+    return found
+
+
+def _tree_hash(pairs: list[tuple[Path, bytes]]) -> str:
+    digest = hashlib.sha256()
+    for rel, data in pairs:
+        digest.update(str(rel).encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def code_hash(source: Path) -> str:
+    """The tree hash :func:`code_snapshot` would return for ``source``, without copying."""
+    return _tree_hash([(rel, path.read_bytes()) for path, rel in _files(source)])
+
+
+def code_snapshot(source: Path, dest: Path) -> str:
+    """Copy the job's folder (without VCS, caches and archipel's state) to ``dest``; return its tree hash."""
+    pairs = []
+    for path, rel in _files(source):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-        digest.update(str(rel).encode() + b"\0" + hashlib.sha256(target.read_bytes()).digest())
+        pairs.append((rel, target.read_bytes()))
     dest.mkdir(parents=True, exist_ok=True)
-    return digest.hexdigest()
+    return _tree_hash(pairs)
+
+
+def cache_key(
+    step: StepSpec, plan: Mapping[str, Any], upstream: Mapping[tuple[str, str], str | None], code: str
+) -> str:
+    """What makes a step's outputs reusable: its spec, its code, and the sha256 of every input (the dataset
+    versions the plan pinned; the outputs of the steps it reads, from ``upstream[(step, output)]``)."""
+    inputs: dict[str, Any] = {}
+    pins = plan.get("pins", {})
+    for input_name, ref in step.input_refs().items():
+        if ref.kind == "dataset":
+            pin = pins.get(f"{ref.name}@v{ref.version or pinned_version(plan, ref.name)}")
+            inputs[input_name] = pin["sha256"] if pin else str(ref)
+        elif ref.kind == "step_output" and ref.step is not None:
+            inputs[input_name] = upstream.get((ref.step, ref.name))
+    blob = repr(sorted(inputs.items())) + code + repr(step.model_dump(mode="json"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def pinned_version(plan: Mapping[str, Any], name: str) -> int | None:
+    """The version of dataset ``name`` the plan was made for."""
+    for ref in plan.get("pins", {}):
+        dataset, _, version = ref.partition("@v")
+        if dataset == name and version.isdigit():
+            return int(version)
+    return None
 
 
 def with_setup(run: str, setup: str, workdir: Path, markers: Path) -> str:

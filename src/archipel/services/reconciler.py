@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -46,7 +45,7 @@ from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow, Sit
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NoCapacity, PolicyViolation
 from archipel.executor.channel import heartbeat_age, read_events, write_context
-from archipel.executor.launch import with_setup
+from archipel.executor.launch import cache_key, pinned_version, with_setup
 from archipel.executor.moves import allowed, move_object
 from archipel.executor.states import TERMINAL, RunState
 from archipel.models.job import PipelineSpec, StepSpec
@@ -250,17 +249,10 @@ class Reconciler:
         return usable, why
 
     def _cache_key(self, step: _Step, plan: dict[str, Any], steps: dict[str, _Step], code: str) -> str:
-        parts: dict[str, Any] = {"step": step.spec.model_dump(mode="json"), "code": code, "inputs": {}}
-        pins = plan.get("pins", {})
-        for input_name, ref in step.spec.input_refs().items():
-            if ref.kind == "dataset":
-                version = ref.version or _pinned_version(plan, ref.name)
-                pin = pins.get(f"{ref.name}@v{version}")
-                parts["inputs"][input_name] = pin["sha256"] if pin else str(ref)
-            elif ref.kind == "step_output" and ref.step is not None:
-                parts["inputs"][input_name] = steps[ref.step].row["outputs"].get(ref.name, {}).get("sha256")
-        blob = repr(sorted(parts["inputs"].items())) + parts["code"] + repr(parts["step"])
-        return hashlib.sha256(blob.encode()).hexdigest()
+        upstream = {
+            (name, out): o.get("sha256") for name, st in steps.items() for out, o in st.row["outputs"].items()
+        }
+        return cache_key(step.spec, plan, upstream, code)
 
     def _reuse(self, step: _Step, key: str) -> bool:
         """Take the outputs of an earlier successful step with the same cache key, if they still exist."""
@@ -388,7 +380,7 @@ class Reconciler:
         inputs: dict[str, Any] = {}
         for input_name, ref in step.spec.input_refs().items():
             if ref.kind == "dataset":
-                pinned = DatasetRef(ref.name, ref.version or _pinned_version(plan, ref.name))
+                pinned = DatasetRef(ref.name, ref.version or pinned_version(plan, ref.name))
                 version = resolve_version(get_dataset(self.engine, ref.name), pinned)
                 if site not in version.replicas:
                     replicate_dataset(self.workspace, self.engine, version.ref, site)
@@ -743,15 +735,6 @@ class Reconciler:
                 log.warning("cancelling %s failed: %s", attempt["job_id"], exc)
             self._end_attempt(step, attempt, "CANCELLED", None, "cancelled", tags)
         self._set_step(step, RunState.CANCELLED, "cancelled")
-
-
-def _pinned_version(plan: dict[str, Any], name: str) -> int | None:
-    """The version of dataset ``name`` the plan was made for."""
-    for ref in plan.get("pins", {}):
-        dataset, _, version = ref.partition("@v")
-        if dataset == name and version.isdigit():
-            return int(version)
-    return None
 
 
 def _as_dict(row: Any) -> dict[str, Any]:

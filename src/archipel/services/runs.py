@@ -19,13 +19,13 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow
 from archipel.db.types import utcnow
 from archipel.errors import Conflict, NotFound
-from archipel.executor.launch import code_snapshot
+from archipel.executor.launch import cache_key, code_hash, code_snapshot
 from archipel.executor.states import RunState
 from archipel.policy.audit import AuditLog
 from archipel.services.plan import PlanResult
 from archipel.workspace import Workspace
 
-__all__ = ["RunView", "cancel_run", "get_run", "list_runs", "run_logs", "submit_run"]
+__all__ = ["RunView", "cancel_run", "get_run", "list_runs", "predict_cached", "run_logs", "submit_run"]
 
 
 def _run_id(name: str) -> str:
@@ -180,3 +180,28 @@ def run_logs(
         if text:
             out.append((attempt["step"], attempt["number"], text))
     return out
+
+
+def predict_cached(engine: Engine, result: PlanResult, *, workdir: Path) -> dict[str, str]:
+    """Steps a run of ``result`` from ``workdir`` would reuse, each with the run whose outputs it would take:
+    those whose spec, code and inputs match an earlier successful step (in pipeline order, so a step reading a
+    cached step's outputs can be cached too)."""
+    code, plan = code_hash(workdir), result.as_json()
+    upstream: dict[tuple[str, str], str | None] = {}
+    cached: dict[str, str] = {}
+    with session_scope(engine) as session:
+        for name in result.spec.order():
+            step = result.spec.steps[name]
+            if any(n not in cached for n in step.needs):
+                continue
+            key = cache_key(step, plan, upstream, code)
+            row = session.scalars(
+                select(RunStepRow)
+                .where(RunStepRow.cache_key == key, RunStepRow.state == RunState.SUCCEEDED)
+                .order_by(RunStepRow.id.desc())
+            ).first()
+            if row is None:
+                continue
+            cached[name] = row.cached_from or row.run_id
+            upstream.update({(name, out): o.get("sha256") for out, o in row.outputs.items()})
+    return cached
