@@ -34,6 +34,11 @@ __all__ = [
     "DatasetRow",
     "DatasetVersionRow",
     "LeaseRow",
+    "ModelAliasEventRow",
+    "ModelAliasRow",
+    "ModelReplicaRow",
+    "ModelRow",
+    "ModelVersionRow",
     "RunAttemptRow",
     "RunMetricRow",
     "RunRow",
@@ -296,3 +301,85 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class ModelRow(Base):
+    """A registered model: versions are numbered 1, 2, ... densely under this row's lock."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersionRow(Base):
+    """``name/N``: one immutable ONNX artifact, its signature, metrics, lineage and card."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.name", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(Text)
+    """Storage key of the ONNX file, the same at every site."""
+    flavor: Mapped[str] = mapped_column(String(32))
+    """What it was converted from: sklearn, torch, onnx, mlflow-sklearn, mlflow-onnx."""
+    signature: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """datasets (ref, sha256, classification, jurisdiction), run id, step, code revision, training site."""
+    card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Permutation importance on the evaluation set, the training data's profile, the conversion check."""
+    classification: Mapped[str] = mapped_column(String(16))
+    """The most restrictive classification of its training data: the model inherits its residency."""
+    jurisdiction: Mapped[str] = mapped_column(String(16))
+    home_site: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    """active or archived."""
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelReplicaRow(Base):
+    """A verified copy of a model version at a site."""
+
+    __tablename__ = "model_replicas"
+    __table_args__ = (UniqueConstraint("version_id", "site"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    site: Mapped[str] = mapped_column(String(63))
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAliasRow(Base):
+    """``name@alias`` -> a version."""
+
+    __tablename__ = "model_aliases"
+
+    model: Mapped[str] = mapped_column(ForeignKey("models.name", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAliasEventRow(Base):
+    """The history of an alias: every move, with the version before, so rollback knows where to go."""
+
+    __tablename__ = "model_alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(63), index=True)
+    alias: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    previous: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -46,7 +46,7 @@ def move_object(
     size: int,
     src_site: str,
     dst_site: str,
-    run_id: str,
+    run_id: str | None,
     tags: dict[str, Any],
 ) -> int:
     """Copy ``key`` from ``src_site`` to ``dst_site`` if the policies allow it; return the bytes moved."""

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from archipel.models.common import Name, StrictModel
 from archipel.models.cost import BudgetSpec
 from archipel.models.policy import PolicyRule
+from archipel.models.registry import ModelSpec
 from archipel.models.site import SiteSpec
 
 __all__ = ["CatalogSpec", "WorkspaceSpec"]
@@ -39,6 +40,8 @@ class WorkspaceSpec(StrictModel):
     origin jurisdiction). See `archipel policy defaults`."""
     budgets: dict[Name, BudgetSpec] = Field(default_factory=dict)
     """Spending limits keyed by name, checked against the cost ledger."""
+    models: dict[Name, ModelSpec] = Field(default_factory=dict)
+    """Per model: the promotion gates of its aliases."""
 
     @field_validator("policies")
     @classmethod

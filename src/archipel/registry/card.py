@@ -1,0 +1,118 @@
+"""The model card: evaluation metrics and permutation feature importance computed with the ONNX model itself
+(what will be served), and the training data's per-feature profile (the drift reference monitoring uses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from archipel.registry.convert import run_onnx
+
+__all__ = ["evaluate", "permutation_importance", "profile"]
+
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+BINS = 10
+
+
+def profile(X: Any, feature_names: list[str] | None = None) -> dict[str, Any]:
+    """Per feature: count, mean, std, min, max, quantiles and a histogram (its edges and counts)."""
+    data = np.asarray(X, dtype=np.float64)
+    names = feature_names or [f"f{i}" for i in range(data.shape[1])]
+    features = {}
+    for i, name in enumerate(names):
+        column = data[:, i][np.isfinite(data[:, i])]
+        if column.size == 0:
+            features[name] = {"count": 0}
+            continue
+        counts, edges = np.histogram(column, bins=BINS)
+        features[name] = {
+            "count": int(column.size),
+            "missing": int(len(data) - column.size),
+            "mean": float(column.mean()),
+            "std": float(column.std()),
+            "min": float(column.min()),
+            "max": float(column.max()),
+            "quantiles": {
+                str(q): float(v) for q, v in zip(QUANTILES, np.quantile(column, QUANTILES), strict=True)
+            },
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+        }
+    return {"rows": len(data), "features": features}
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC of a binary score (Mann-Whitney U with average ranks for ties)."""
+    positive = y == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _predict(onnx: bytes, X: np.ndarray, signature: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predictions, probability of the positive class or None)."""
+    outputs = run_onnx(onnx, X.astype(np.float32))
+    names = [o["name"] for o in signature["outputs"]]
+    if signature.get("task") == "classifier":
+        labels, proba = outputs[names[0]], outputs[names[1]]
+        positive = proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else None
+        return labels.reshape(-1), positive
+    first = outputs[names[0]]
+    if signature.get("task") == "torch" and first.ndim == 2 and first.shape[1] > 1:
+        return first.argmax(axis=1), (first[:, 1] if first.shape[1] == 2 else None)
+    return first.reshape(len(X), -1)[:, 0], None
+
+
+def _score(y: np.ndarray, predictions: np.ndarray, classify: bool) -> float:
+    if classify:
+        return float((predictions == y).mean())
+    total = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - predictions) ** 2).sum()) / total if total else 0.0
+
+
+def evaluate(onnx: bytes, signature: dict[str, Any], X: Any, y: Any) -> dict[str, float]:
+    """accuracy (and auc for a binary classifier) or rmse, mae and r2, from the ONNX model's outputs."""
+    data, target = np.asarray(X, dtype=np.float32), np.asarray(y)
+    predictions, positive = _predict(onnx, data, signature)
+    if signature.get("task") in ("classifier", "torch") and target.dtype.kind in "iub":
+        metrics = {"accuracy": float((predictions == target).mean())}
+        if positive is not None and (auc := _auc(target, positive)) is not None:
+            metrics["auc"] = auc
+        return metrics
+    error = target.astype(np.float64) - predictions.astype(np.float64)
+    return {
+        "rmse": float(np.sqrt((error**2).mean())),
+        "mae": float(np.abs(error).mean()),
+        "r2": _score(target.astype(np.float64), predictions.astype(np.float64), False),
+    }
+
+
+def permutation_importance(
+    onnx: bytes, signature: dict[str, Any], X: Any, y: Any, *, repeats: int = 5, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Per feature: the mean and std of the score drop when that feature's column is shuffled."""
+    data, target = np.asarray(X, dtype=np.float32), np.asarray(y)
+    classify = signature.get("task") in ("classifier", "torch") and target.dtype.kind in "iub"
+    base = _score(target, _predict(onnx, data, signature)[0], classify)
+    names = signature.get("feature_names") or [f"f{i}" for i in range(data.shape[1])]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, name in enumerate(names):
+        drops = []
+        for _ in range(repeats):
+            shuffled = data.copy()
+            shuffled[:, i] = rng.permutation(shuffled[:, i])
+            drops.append(base - _score(target, _predict(onnx, shuffled, signature)[0], classify))
+        out[name] = {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
+    return dict(sorted(out.items(), key=lambda item: -item[1]["mean"]))

@@ -1,0 +1,449 @@
+"""The model registry's use cases: register, list, show, alias, promote through gates, roll back, replicate,
+predict. Versions are ONNX artifacts in a site's storage (content-addressed), rows in the metadata store.
+
+Version numbers are dense and monotonic under concurrency: the artifact is stored first (content-addressed, so
+a failed registration leaves no row and burns no number), then one short transaction locks the model's row
+(``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``), takes ``latest_version + 1`` and inserts the version.
+A model inherits the residency of its training data: its classification is the most restrictive of its
+datasets', and every copy to another site is a ``derive_export`` decision of the policy engine, audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+
+from archipel.data.ingest import parse_ref
+from archipel.db.engine import session_scope
+from archipel.db.orm import ModelAliasEventRow, ModelAliasRow, ModelReplicaRow, ModelRow, ModelVersionRow
+from archipel.db.types import utcnow
+from archipel.errors import Conflict, IntegrityError, NotFound, PolicyViolation, SpecError
+from archipel.executor.moves import move_object
+from archipel.models.gates import ClauseResult, evaluate_gate
+from archipel.policy.audit import AuditLog
+from archipel.policy.engine import Place, Subject, evaluate
+from archipel.registry.convert import Converted
+from archipel.services.data import get_dataset, resolve_version
+from archipel.workspace import Workspace
+
+__all__ = [
+    "ModelView",
+    "Promotion",
+    "VersionView",
+    "get_model",
+    "get_version",
+    "list_models",
+    "parse_model_ref",
+    "predict",
+    "promote",
+    "register_version",
+    "replicate_model",
+    "rollback",
+    "set_alias",
+]
+
+_NAME = r"[a-z0-9][a-z0-9-]{0,62}"
+_REF = re.compile(
+    rf"^(?:models:/)?(?P<name>{_NAME})(?:/(?P<version>[1-9][0-9]*)|@v(?P<v>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9-]{{0,62}}))?$"
+)
+_ORDER = ["public", "internal", "confidential", "pii", "phi"]
+
+
+def parse_model_ref(text: str) -> tuple[str, int | None, str | None]:
+    """``name``, ``name/3``, ``name@v3``, ``name@alias``, with or without ``models:/``: (name, version, alias)."""
+    m = _REF.match(text.strip())
+    if not m:
+        raise SpecError(f"{text!r} is not a model reference; write NAME, NAME/N, NAME@vN or NAME@ALIAS")
+    version = m["version"] or m["v"]
+    return m["name"], int(version) if version else None, m["alias"]
+
+
+@dataclass(frozen=True)
+class VersionView:
+    model: str
+    version: int
+    sha256: str
+    bytes: int
+    key: str
+    flavor: str
+    signature: dict[str, Any]
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    lineage: dict[str, Any]
+    card: dict[str, Any]
+    classification: str
+    jurisdiction: str
+    home_site: str
+    status: str
+    description: str
+    tags: dict[str, Any]
+    created_at: datetime
+    replicas: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}/{self.version}"
+
+    def subjects(self) -> list[Subject]:
+        """What residency a copy of this version answers to: each training dataset (or the model itself)."""
+        datasets = self.lineage.get("datasets", [])
+        if not datasets:
+            return [Subject("model", self.ref, self.classification, self.jurisdiction)]
+        return [
+            Subject(
+                "model", self.ref, d["classification"], d["jurisdiction"], datasets=(d["ref"].split("@")[0],)
+            )
+            for d in datasets
+        ]
+
+    def as_json(self, *, card: bool = True) -> dict[str, Any]:
+        out = {**self.__dict__, "ref": self.ref, "created_at": self.created_at.isoformat()}
+        if not card:
+            out.pop("card")
+        return out
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    description: str
+    tags: dict[str, Any]
+    created_at: datetime
+    versions: list[VersionView]
+    aliases: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tags": self.tags,
+            "created_at": self.created_at.isoformat(),
+            "aliases": self.aliases,
+            "versions": [v.as_json(card=False) for v in self.versions],
+        }
+
+
+def _version_view(session: Any, row: ModelVersionRow, aliases: dict[str, int]) -> VersionView:
+    replicas = list(session.scalars(select(ModelReplicaRow.site).where(ModelReplicaRow.version_id == row.id)))
+    return VersionView(
+        row.model, row.version, row.sha256, row.bytes, row.key, row.flavor, dict(row.signature), dict(row.metrics),
+        dict(row.params), dict(row.lineage), dict(row.card), row.classification, row.jurisdiction, row.home_site,
+        row.status, row.description, dict(row.tags), row.created_at, sorted(replicas),
+        sorted(a for a, v in aliases.items() if v == row.version),
+    )  # fmt: skip
+
+
+def _model_view(session: Any, row: ModelRow) -> ModelView:
+    aliases = {
+        a.alias: a.version
+        for a in session.scalars(select(ModelAliasRow).where(ModelAliasRow.model == row.name))
+    }
+    versions = session.scalars(
+        select(ModelVersionRow).where(ModelVersionRow.model == row.name).order_by(ModelVersionRow.version)
+    )
+    return ModelView(
+        row.name, row.description, dict(row.tags), row.created_at,
+        [_version_view(session, v, aliases) for v in versions], dict(sorted(aliases.items())),
+    )  # fmt: skip
+
+
+def list_models(engine: Engine) -> list[ModelView]:
+    with session_scope(engine) as session:
+        return [
+            _model_view(session, row) for row in session.scalars(select(ModelRow).order_by(ModelRow.name))
+        ]
+
+
+def get_model(engine: Engine, name: str) -> ModelView:
+    with session_scope(engine) as session:
+        row = session.get(ModelRow, name)
+        if row is None:
+            known = ", ".join(session.scalars(select(ModelRow.name))) or "none"
+            raise NotFound(f"no model {name!r}; registered: {known}")
+        return _model_view(session, row)
+
+
+def get_version(engine: Engine, ref: str) -> VersionView:
+    """The version ``ref`` names (``name`` alone: the latest active version)."""
+    name, version, alias = parse_model_ref(ref)
+    model = get_model(engine, name)
+    if alias is not None:
+        if alias not in model.aliases:
+            raise NotFound(
+                f"model {name} has no alias {alias!r} (aliases: {', '.join(model.aliases) or 'none'})"
+            )
+        version = model.aliases[alias]
+    if version is None:
+        active = [v for v in model.versions if v.status == "active"]
+        if not active:
+            raise NotFound(f"model {name} has no active version")
+        return active[-1]
+    for v in model.versions:
+        if v.version == version:
+            return v
+    raise NotFound(
+        f"model {name} has no version {version}; latest is {model.versions[-1].version if model.versions else '-'}"
+    )
+
+
+# -- register ---------------------------------------------------------------------------------------------------
+
+
+def _lineage_datasets(engine: Engine, refs: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for text in refs:
+        ref = parse_ref(text)
+        view = get_dataset(engine, ref.name)
+        version = resolve_version(view, ref)
+        out.append(
+            {"ref": version.ref, "sha256": version.sha256, "classification": view.classification,
+             "jurisdiction": view.jurisdiction}
+        )  # fmt: skip
+    return out
+
+
+def _ensure_model(engine: Engine, name: str) -> None:
+    try:
+        with session_scope(engine) as session:
+            if session.get(ModelRow, name) is None:
+                session.add(ModelRow(name=name, latest_version=0, tags={}))
+    except DBIntegrityError:
+        pass  # registered concurrently: it exists now
+
+
+def register_version(
+    workspace: Workspace,
+    engine: Engine,
+    name: str,
+    converted: Converted,
+    *,
+    site: str,
+    datasets: list[str] | None = None,
+    lineage: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+    description: str = "",
+    tags: dict[str, str] | None = None,
+    stored: bool = False,
+) -> VersionView:
+    """A new version of ``name`` at ``site``; ``datasets`` (refs) are its training data. ``stored`` says the ONNX
+    is already in the site's storage under its content key (a job published it)."""
+    if not re.fullmatch(_NAME, name):
+        raise SpecError(f"model name {name!r}: lowercase letters, digits and '-', at most 63")
+    workspace.site(site)
+    sources = _lineage_datasets(engine, datasets or [])
+    subjects = [
+        Subject("model", name, d["classification"], d["jurisdiction"], datasets=(d["ref"].split("@")[0],))
+        for d in sources
+    ]
+    audit = AuditLog(engine, workspace.state_dir)
+    place = Place.of(site, workspace.site(site))
+    for subject in subjects:  # the model lives at `site`: its training data must allow derived models there
+        decision = evaluate("derive_export", subject, place, rules=workspace.spec.policies)
+        audit.record_decision(decision, details={"model": name})
+        if not decision.allowed:
+            raise PolicyViolation(decision.reason, rule=decision.rule, reason=decision.reason)
+    sha = hashlib.sha256(converted.onnx).hexdigest()
+    key = f"models/{name}/{sha}.onnx"
+    store = workspace.storage(site)
+    if stored:
+        if not store.exists(key):
+            raise NotFound(f"the ONNX of {name} is not at {site} under {key}")
+    elif not store.exists(key):
+        store.put(key, converted.onnx, expected_sha256=sha)
+    strictest = max(sources, key=lambda d: _ORDER.index(d["classification"]), default=None)
+    _ensure_model(engine, name)
+    with session_scope(engine) as session:
+        model = session.scalars(select(ModelRow).where(ModelRow.name == name).with_for_update()).one()
+        model.latest_version += 1
+        row = ModelVersionRow(
+            model=name, version=model.latest_version, sha256=sha, bytes=len(converted.onnx), key=key,
+            flavor=converted.flavor, signature=converted.signature, metrics=dict(metrics or {}),
+            params={k: str(v) for k, v in (params or {}).items()},
+            lineage={**(lineage or {}), "datasets": sources, "site": site},
+            card={**(card or {}), "conversion_check": converted.check},
+            classification=strictest["classification"] if strictest else "internal",
+            jurisdiction=strictest["jurisdiction"] if strictest else workspace.site(site).jurisdiction,
+            home_site=site, status="active", description=description, tags=dict(tags or {}),
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        session.add(ModelReplicaRow(version_id=row.id, site=site))
+        version = row.version
+    audit.record(action="model.register", subject=f"{name}/{version}", sites=[site], outcome="done",
+        reason=f"{converted.flavor} -> ONNX, {len(converted.onnx)} bytes", details={"sha256": sha})  # fmt: skip
+    return get_version(engine, f"{name}/{version}")
+
+
+# -- aliases and promotion ---------------------------------------------------------------------------------------
+
+
+def set_alias(
+    workspace: Workspace, engine: Engine, name: str, alias: str, version: int | None, *, reason: str = ""
+) -> int | None:
+    """Point ``alias`` at ``version`` (None removes it); returns the version it pointed to before."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", alias) or re.fullmatch(r"v[0-9]+", alias):
+        raise SpecError(f"alias {alias!r}: lowercase letters, digits and '-', starting with a letter, not vN")
+    if version is not None:
+        target = get_version(engine, f"{name}/{version}")
+        if target.status != "active":
+            raise Conflict(f"{target.ref} is {target.status}; only active versions take aliases")
+    with session_scope(engine) as session:
+        row = session.get(ModelAliasRow, (name, alias))
+        previous = row.version if row is not None else None
+        if version is None and row is not None:
+            session.delete(row)
+        elif version is not None and row is None:
+            session.add(ModelAliasRow(model=name, alias=alias, version=version))
+        elif version is not None and row is not None:
+            row.version, row.updated_at = version, utcnow()
+        session.add(
+            ModelAliasEventRow(model=name, alias=alias, version=version, previous=previous, reason=reason)
+        )
+    AuditLog(engine, workspace.state_dir).record(action="model.alias", subject=f"{name}@{alias}", outcome="done",
+        reason=reason or f"{previous} -> {version}", details={"version": version, "previous": previous})  # fmt: skip
+    return previous
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model: str
+    version: int
+    alias: str
+    passed: bool
+    clauses: list[ClauseResult]
+    previous: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "clauses": [c.as_json() for c in self.clauses]}
+
+
+def promote(
+    workspace: Workspace,
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    to: str = "production",
+    gates: list[str] | None = None,
+) -> Promotion:
+    """Move ``to`` to ``version`` if every gate clause holds (from ``archipel.yaml``'s ``models:``, or given);
+    refused with :class:`PolicyViolation` naming the failing clauses. Both outcomes are audited."""
+    candidate = get_version(engine, f"{name}/{version}")
+    spec = workspace.spec.models.get(name)
+    clauses = gates if gates is not None else (spec.gates.get(to, []) if spec else [])
+    model = get_model(engine, name)
+    aliases = {a: get_version(engine, f"{name}/{v}").metrics for a, v in model.aliases.items()}
+    results = evaluate_gate(clauses, candidate.metrics, aliases)
+    failed = [r for r in results if not r.passed]
+    audit = AuditLog(engine, workspace.state_dir)
+    if failed:
+        audit.record(action="model.promote", subject=f"{candidate.ref}@{to}", outcome="refused",
+            reason="; ".join(r.detail for r in failed), rule=f"gate:{name}@{to}",
+            details={"clauses": [r.as_json() for r in results]})  # fmt: skip
+        raise PolicyViolation(
+            f"promotion of {candidate.ref} to {to} refused by the gate: "
+            + "; ".join(f"{r.clause} ({r.detail})" for r in failed),
+            rule=f"gate:{name}@{to}",
+            reason=failed[0].clause,
+        )
+    previous = set_alias(
+        workspace,
+        engine,
+        name,
+        to,
+        version,
+        reason="promoted: " + ("; ".join(r.detail for r in results) or "no gate"),
+    )
+    audit.record(action="model.promote", subject=f"{candidate.ref}@{to}", outcome="allowed",
+        reason="every gate clause holds" if results else "no gate declared", rule=f"gate:{name}@{to}",
+        details={"clauses": [r.as_json() for r in results], "previous": previous})  # fmt: skip
+    return Promotion(name, version, to, True, results, previous)
+
+
+def rollback(
+    workspace: Workspace, engine: Engine, name: str, alias: str = "production"
+) -> tuple[int | None, int]:
+    """Point ``alias`` back at the version it pointed to before its last move; (from, to)."""
+    with session_scope(engine) as session:
+        last = session.scalars(
+            select(ModelAliasEventRow)
+            .where(ModelAliasEventRow.model == name, ModelAliasEventRow.alias == alias)
+            .order_by(ModelAliasEventRow.id.desc())
+        ).first()
+        if last is None or last.previous is None:
+            raise Conflict(f"{name}@{alias} has no earlier version to roll back to")
+        current, target = last.version, last.previous
+    set_alias(workspace, engine, name, alias, target, reason=f"rollback from {current}")
+    return current, target
+
+
+# -- replicas and predictions ------------------------------------------------------------------------------------
+
+
+def replicate_model(workspace: Workspace, engine: Engine, ref: str, to_site: str) -> tuple[VersionView, int]:
+    """Copy a version to ``to_site`` if its training data allows derived models there; (version, bytes moved)."""
+    version = get_version(engine, ref)
+    workspace.site(to_site)
+    if to_site in version.replicas:
+        return version, 0
+    moved = move_object(workspace, engine, action="derive_export", subjects=version.subjects(),
+        what=f"model {version.ref}", key=version.key, sha256=version.sha256, size=version.bytes,
+        src_site=version.replicas[0] if version.home_site not in version.replicas else version.home_site,
+        dst_site=to_site, run_id=None, tags={"model": version.model})  # fmt: skip
+    with session_scope(engine) as session:
+        row = session.scalars(
+            select(ModelVersionRow).where(
+                ModelVersionRow.model == version.model, ModelVersionRow.version == version.version
+            )
+        ).one()
+        session.add(ModelReplicaRow(version_id=row.id, site=to_site))
+    return get_version(engine, version.ref), moved
+
+
+def onnx_bytes(workspace: Workspace, version: VersionView, site: str | None = None) -> bytes:
+    """The version's ONNX from ``site`` (default: its home, else any replica), checked against its sha256."""
+    sites = [site] if site else [version.home_site, *version.replicas]
+    for name in dict.fromkeys(sites):
+        if name not in version.replicas:
+            continue
+        data = workspace.storage(name).get(version.key)
+        if hashlib.sha256(data).hexdigest() != version.sha256:
+            raise IntegrityError(f"{version.ref} at {name} does not match its sha256")
+        return data
+    raise NotFound(
+        f"{version.ref} has no replica at {site or 'any site'} (replicas: {', '.join(version.replicas)})"
+    )
+
+
+def predict(
+    workspace: Workspace, engine: Engine, ref: str, rows: Any, *, site: str | None = None
+) -> dict[str, Any]:
+    """ONNX Runtime's outputs for ``rows`` (a list of lists, or of dicts keyed by feature name)."""
+    import numpy as np
+
+    from archipel.registry.convert import run_onnx
+
+    version = get_version(engine, ref)
+    features = version.signature.get("feature_names")
+    if rows and isinstance(rows[0], dict):
+        if not features:
+            raise SpecError(f"{version.ref} has no feature names; give rows as lists of numbers")
+        missing = sorted(set(features) - set(rows[0]))
+        if missing:
+            raise SpecError(f"rows lack features {', '.join(missing)}")
+        rows = [[row[f] for f in features] for row in rows]
+    data = np.asarray(rows, dtype=np.float32)
+    width = version.signature["inputs"][0]["shape"][-1]
+    if data.ndim != 2 or (width is not None and data.shape[1] != width):
+        raise SpecError(f"{version.ref} takes rows of {width} numbers, got shape {data.shape}")
+    outputs = run_onnx(onnx_bytes(workspace, version, site), data)
+    return {"model": version.ref, "outputs": {k: v.tolist() for k, v in outputs.items()}}
