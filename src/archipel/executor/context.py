@@ -205,6 +205,46 @@ class JobContext:
         for key, value in params.items():
             self.events.emit("param", key=str(key), text=str(value))
 
+    def log_model(
+        self,
+        name: str,
+        model: Any,
+        *,
+        sample_input: Any,
+        eval_data: tuple[Any, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> str:
+        """Register ``model`` (scikit-learn, PyTorch, or ONNX bytes/file) as the next version of ``name``.
+
+        Here, at the site: converted to ONNX and refused if ONNX Runtime disagrees with the model on
+        ``sample_input``; evaluated on ``eval_data`` (metrics, permutation importance) and the training data's
+        profile taken from ``sample_input``'s population when ``eval_data`` is given; the ONNX stored in this
+        site's storage. The control plane then records the version with its lineage (this run, its datasets,
+        code revision, site). Returns the ONNX's sha256."""
+        from archipel.registry.card import evaluate, permutation_importance, profile
+        from archipel.registry.convert import convert
+
+        converted = convert(model, sample_input)
+        card: dict[str, Any] = {}
+        found = dict(metrics or {})
+        if eval_data is not None:
+            X, y = eval_data
+            found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
+            card["importance"] = permutation_importance(converted.onnx, converted.signature, X, y)
+            card["profile"] = profile(X, converted.signature.get("feature_names"))
+        sha = hashlib.sha256(converted.onnx).hexdigest()
+        key = f"models/{name}/{sha}.onnx"
+        if not self.store.exists(key):
+            self.store.put(key, converted.onnx, expected_sha256=sha)
+        self.events.emit(
+            "model", name=name, key=key, sha256=sha, size=len(converted.onnx), flavor=converted.flavor,
+            signature=converted.signature, check=converted.check, metrics=found,
+            params={str(k): str(v) for k, v in (params or {}).items()}, card=card, description=description,
+        )  # fmt: skip
+        return sha
+
     def log_artifact(self, path: str | os.PathLike[str], name: str | None = None) -> str:
         """Store a file in this site's storage next to the run; return its key."""
         source = Path(path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -43,7 +44,7 @@ from archipel.data.ingest import DatasetRef
 from archipel.db.engine import session_scope
 from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow, SiteRow
 from archipel.db.types import utcnow
-from archipel.errors import ArchipelError, NoCapacity, PolicyViolation
+from archipel.errors import ArchipelError, NoCapacity, NotFound, PolicyViolation
 from archipel.executor.channel import heartbeat_age, read_events, write_context
 from archipel.executor.launch import cache_key, pinned_version, with_setup
 from archipel.executor.moves import allowed, move_object
@@ -563,12 +564,15 @@ class Reconciler:
 
     # -- watching a running step --------------------------------------------------------------------------------
 
-    def _ingest(self, step: _Step, attempt: dict[str, Any], tags: dict[str, Any]) -> None:
+    def _ingest(
+        self, step: _Step, attempt: dict[str, Any], tags: dict[str, Any], plan: dict[str, Any]
+    ) -> None:
         folder = self.workspace.state_dir / "runs" / step.run_id / step.name / f"attempt-{attempt['number']}"
         events, offset = read_events(folder, attempt["events_offset"])
         age = heartbeat_age(folder)
         checkpoint, outputs = step.row["checkpoint"], dict(step.row["outputs"])
         metrics = []
+        models: list[dict[str, Any]] = []
         for event in events:
             kind = event.get("type")
             if kind == "metric":
@@ -581,9 +585,13 @@ class Reconciler:
             elif kind == "checkpoint":
                 checkpoint = {k: event[k] for k in ("key", "sha256", "size", "seq", "step")}
                 checkpoint["sites"] = [attempt["site"]]
+            elif kind == "model":
+                models.append(event)
             elif kind == "output":
                 outputs[event["name"]] = {k: event[k] for k in ("key", "sha256", "size", "kind")}
                 outputs[event["name"]]["site"] = attempt["site"]
+        for event in models:  # registered before the offset moves past them (idempotent by run and sha256)
+            self._register_model(step, attempt, event, plan)
         with session_scope(self.engine) as session:
             row = session.get(RunAttemptRow, attempt["id"])
             assert row is not None
@@ -598,6 +606,46 @@ class Reconciler:
         attempt["events_offset"] = offset
         attempt["heartbeat_age"] = age
         step.row.update(checkpoint=checkpoint, outputs=outputs)
+
+    def _datasets_of(self, spec: PipelineSpec, name: str, plan: dict[str, Any]) -> list[str]:
+        """The pinned dataset versions a step's outputs derive from (its own inputs and its ancestors')."""
+        refs: list[str] = []
+        for ref in spec.steps[name].input_refs().values():
+            if ref.kind == "dataset":
+                refs.append(f"{ref.name}@v{ref.version or pinned_version(plan, ref.name)}")
+            elif ref.kind == "step_output" and ref.step is not None:
+                refs.extend(self._datasets_of(spec, ref.step, plan))
+        return list(dict.fromkeys(refs))
+
+    def _register_model(
+        self, step: _Step, attempt: dict[str, Any], event: dict[str, Any], plan: dict[str, Any]
+    ) -> None:
+        from archipel.registry.convert import Converted
+        from archipel.services.models import get_model, register_version
+
+        name, sha = event["name"], event["sha256"]
+        try:
+            if any(
+                v.sha256 == sha and v.lineage.get("run_id") == step.run_id
+                for v in get_model(self.engine, name).versions
+            ):
+                return
+        except NotFound:
+            pass
+        site = attempt["site"]
+        data = self.workspace.storage(site).get(event["key"])
+        if hashlib.sha256(data).hexdigest() != sha:
+            log.warning("model %s from run %s does not match its sha256; not registered", name, step.run_id)
+            return
+        spec = PipelineSpec.model_validate(plan["spec"])
+        code = (self.workspace.state_dir / "runs" / step.run_id / "code.sha256").read_text().strip()
+        register_version(
+            self.workspace, self.engine, name, Converted(data, event["flavor"], event["signature"], event["check"]),
+            site=site, datasets=self._datasets_of(spec, step.name, plan), stored=True,
+            lineage={"run_id": step.run_id, "step": step.name, "attempt": attempt["number"], "code_revision": code},
+            metrics=event.get("metrics"), params=event.get("params"), card=event.get("card"),
+            description=event.get("description", ""),
+        )  # fmt: skip
 
     def _fallback(self, step: _Step, spec: PipelineSpec, plan: dict[str, Any], tags: dict[str, Any]) -> None:
         """Copy the latest checkpoint, in the background, to the best other candidate site that may hold it."""
@@ -651,7 +699,7 @@ class Reconciler:
     def _watch(self, step: _Step, spec: PipelineSpec, plan: dict[str, Any], tags: dict[str, Any]) -> None:
         attempt = step.attempt
         assert attempt is not None
-        self._ingest(step, attempt, tags)
+        self._ingest(step, attempt, tags, plan)
         self._fallback(step, spec, plan, tags)
         site = attempt["site"]
         try:
@@ -669,7 +717,7 @@ class Reconciler:
                 self._end_attempt(step, attempt, "LOST", None, reason, tags)
                 self._recover(step, f"attempt {attempt['number']} at {site}: {reason}")
             return
-        self._ingest(step, attempt, tags)  # whatever it wrote before it ended
+        self._ingest(step, attempt, tags, plan)  # whatever it wrote before it ended
         code = status.exit_code
         if status.state is JobState.SUCCEEDED:
             missing = [n for n in step.spec.outputs if n not in step.row["outputs"]]
