@@ -55,6 +55,12 @@ accuracy = float(model.score(X, y))
 ctx.log_metric("accuracy", accuracy, step=steps)
 weights = {"features": columns, "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist()}
 # the registry gets it as ONNX, checked against the model, with metrics, a model card and this run's lineage
-ctx.log_model(os.environ.get("MODEL_NAME", "readmission"), model, sample_input=X[:64], eval_data=(X, y))
+ctx.log_model(
+    os.environ.get("MODEL_NAME", "readmission"),
+    model,
+    sample_input=X[:64],
+    eval_data=(X, y),
+    feature_names=columns,
+)
 ctx.output("model", json.dumps(weights, sort_keys=True).encode())
 print(f"trained {steps} steps: accuracy {accuracy:.4f}", flush=True)

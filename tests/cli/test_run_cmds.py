@@ -11,19 +11,6 @@ import pytest
 from tests.cli.conftest import run
 
 
-@pytest.fixture
-def ws_with_data(demo_workspace: Any, tmp_path: Path) -> Any:
-    from archipel.data.synthetic import write_patients_csv
-    from archipel.db import connect
-    from archipel.services.data import add_dataset
-
-    engine = connect(demo_workspace.db_url)
-    csv = write_patients_csv(tmp_path / "p.csv", 300, seed=3, id_prefix="eu")
-    add_dataset(demo_workspace, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
-    engine.dispose()
-    return demo_workspace
-
-
 def _job(tmp_path: Path) -> Path:
     folder = tmp_path / "job"
     folder.mkdir()

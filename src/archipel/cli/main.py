@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from archipel.cli.common import JsonOpt, State, WorkspaceOpt, open_engine, open_workspace, print_json
 from archipel.cli.cost_cmds import cost_command
 from archipel.cli.data_cmds import audit_app, data_app, policy_app
+from archipel.cli.model_cmds import models_app, runs_compare
 from archipel.cli.plan_cmds import plan_command
 from archipel.cli.run_cmds import chaos_app, run_command, runs_app, server_command
 
@@ -40,6 +41,8 @@ app.command("run")(run_command)
 app.add_typer(runs_app, name="runs")
 app.command("server")(server_command)
 app.add_typer(chaos_app, name="chaos")
+app.add_typer(models_app, name="models")
+runs_app.command("compare")(runs_compare)
 
 
 def _print_version(value: bool) -> None:

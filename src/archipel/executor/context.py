@@ -212,6 +212,7 @@ class JobContext:
         *,
         sample_input: Any,
         eval_data: tuple[Any, Any] | None = None,
+        feature_names: list[str] | None = None,
         metrics: Mapping[str, float] | None = None,
         params: Mapping[str, Any] | None = None,
         description: str = "",
@@ -226,7 +227,7 @@ class JobContext:
         from archipel.registry.card import evaluate, permutation_importance, profile
         from archipel.registry.convert import convert
 
-        converted = convert(model, sample_input)
+        converted = convert(model, sample_input, feature_names=feature_names)
         card: dict[str, Any] = {}
         found = dict(metrics or {})
         if eval_data is not None:

@@ -10,6 +10,7 @@ datasets', and every copy to another site is a ``derive_export`` decision of the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "ModelView",
     "Promotion",
     "VersionView",
+    "delete_version",
     "get_model",
     "get_version",
     "list_models",
@@ -46,6 +48,8 @@ __all__ = [
     "replicate_model",
     "rollback",
     "set_alias",
+    "update_model",
+    "update_version",
 ]
 
 _NAME = r"[a-z0-9][a-z0-9-]{0,62}"
@@ -447,3 +451,87 @@ def predict(
         raise SpecError(f"{version.ref} takes rows of {width} numbers, got shape {data.shape}")
     outputs = run_onnx(onnx_bytes(workspace, version, site), data)
     return {"model": version.ref, "outputs": {k: v.tolist() for k, v in outputs.items()}}
+
+
+# -- MLflow habits: tags, descriptions, archiving, deleting ---------------------------------------------------
+
+
+def update_version(
+    workspace: Workspace,
+    engine: Engine,
+    ref: str,
+    *,
+    status: str | None = None,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> VersionView:
+    """Archive or reactivate a version, set its description, merge tags (an empty value removes a tag)."""
+    version = get_version(engine, ref)
+    if status not in (None, "active", "archived"):
+        raise SpecError(f"status {status!r}: active or archived")
+    if status == "archived" and version.aliases:
+        raise Conflict(
+            f"{version.ref} is {', '.join(version.aliases)}; move those aliases before archiving it"
+        )
+    with session_scope(engine) as session:
+        row = session.scalars(
+            select(ModelVersionRow).where(
+                ModelVersionRow.model == version.model, ModelVersionRow.version == version.version
+            )
+        ).one()
+        if status is not None:
+            row.status = status
+        if description is not None:
+            row.description = description
+        if tags:
+            merged = {**row.tags, **tags}
+            row.tags = {k: v for k, v in merged.items() if v != ""}
+    changes = {"status": status, "description": description, "tags": tags}
+    AuditLog(engine, workspace.state_dir).record(
+        action="model.update",
+        subject=version.ref,
+        outcome="done",
+        reason=", ".join(f"{k}={v}" for k, v in changes.items() if v is not None),
+    )
+    return get_version(engine, version.ref)
+
+
+def update_model(
+    engine: Engine, name: str, *, description: str | None = None, tags: dict[str, str] | None = None
+) -> ModelView:
+    with session_scope(engine) as session:
+        row = session.get(ModelRow, name)
+        if row is None:
+            raise NotFound(f"no model {name!r}")
+        if description is not None:
+            row.description = description
+        if tags:
+            merged = {**row.tags, **tags}
+            row.tags = {k: v for k, v in merged.items() if v != ""}
+    return get_model(engine, name)
+
+
+def delete_version(workspace: Workspace, engine: Engine, ref: str) -> VersionView:
+    """Delete an archived version: its rows and its ONNX at every site holding it. Its number is never reused."""
+    version = get_version(engine, ref)
+    if version.status != "archived":
+        raise Conflict(f"archive {version.ref} before deleting it (archipel models archive {version.ref})")
+    shared = [
+        v.ref
+        for v in get_model(engine, version.model).versions
+        if v.sha256 == version.sha256 and v.version != version.version
+    ]
+    if not shared:  # another version with the same bytes keeps the content-addressed file
+        for site in version.replicas:
+            with contextlib.suppress(NotFound):
+                workspace.storage(site).delete(version.key)
+    with session_scope(engine) as session:
+        row = session.scalars(
+            select(ModelVersionRow).where(
+                ModelVersionRow.model == version.model, ModelVersionRow.version == version.version
+            )
+        ).one()
+        session.delete(row)
+    AuditLog(engine, workspace.state_dir).record(action="model.delete", subject=version.ref, sites=version.replicas,
+        outcome="done", reason="deleted an archived version")  # fmt: skip
+    return version

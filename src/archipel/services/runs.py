@@ -25,7 +25,16 @@ from archipel.policy.audit import AuditLog
 from archipel.services.plan import PlanResult
 from archipel.workspace import Workspace
 
-__all__ = ["RunView", "cancel_run", "get_run", "list_runs", "predict_cached", "run_logs", "submit_run"]
+__all__ = [
+    "RunView",
+    "cancel_run",
+    "compare_runs",
+    "get_run",
+    "list_runs",
+    "predict_cached",
+    "run_logs",
+    "submit_run",
+]
 
 
 def _run_id(name: str) -> str:
@@ -205,3 +214,22 @@ def predict_cached(engine: Engine, result: PlanResult, *, workdir: Path) -> dict
             cached[name] = row.cached_from or row.run_id
             upstream.update({(name, out): o.get("sha256") for out, o in row.outputs.items()})
     return cached
+
+
+def compare_runs(engine: Engine, run_ids: list[str]) -> dict[str, Any]:
+    """Params and the last value of every metric of each run: ``{runs, params: {key: [..]}, metrics: {key: [..]}}``."""
+    views = [get_run(engine, run_id) for run_id in run_ids]
+    params: dict[str, list[str | None]] = {}
+    metrics: dict[str, list[float | None]] = {}
+    for i, view in enumerate(views):
+        for m in view.metrics:
+            key = m["key"] if len(view.steps) == 1 else f"{m['step']}.{m['key']}"
+            if m["kind"] == "param":
+                params.setdefault(key, [None] * len(views))[i] = m["text"]
+            elif m["kind"] == "metric":
+                metrics.setdefault(key, [None] * len(views))[i] = m["value"]  # the last logged wins
+    return {
+        "runs": [v.id for v in views],
+        "params": dict(sorted(params.items())),
+        "metrics": dict(sorted(metrics.items())),
+    }

@@ -1,0 +1,358 @@
+"""MLflow interop: sklearn (pickle, cloudpickle, skops) and onnx flavors in, the onnx flavor out; malicious pickles
+refused before they run, benign ones converted and predicting like the original."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from archipel.errors import Conflict, NotFound, SpecError
+from archipel.registry.mlflow_io import read_mlflow_model, write_mlflow_model
+from archipel.registry.safe_unpickle import (
+    AllowListUnpickler,
+    RefusedClass,
+    RefusedPickle,
+    allowed_global,
+    convert_pickled_sklearn,
+)
+from tests.conftest import require
+
+REQS = ["scikit-learn"]  # given, so that MLflow does not spend ~10 s inferring requirements
+
+
+@pytest.fixture(scope="module")
+def mlflow() -> Any:
+    try:
+        import mlflow.onnx
+        import mlflow.pyfunc
+        import mlflow.sklearn
+    except ImportError as exc:
+        require("mlflow", f"{exc} (pip install 'archipel[mlflow]')")
+    return mlflow
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[Any, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, y.to_numpy()
+
+
+def ort(onnx: bytes, X: np.ndarray) -> dict[str, np.ndarray]:
+    import onnxruntime as rt
+
+    session = rt.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {session.get_inputs()[0].name: X}), strict=True))
+
+
+def assert_predicts_like(onnx: bytes, model: Any, X: np.ndarray) -> None:
+    got = ort(onnx, X.astype(np.float32))
+    np.testing.assert_array_equal(got["label"], model.predict(X))
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(X), atol=1e-5, rtol=0)
+
+
+# --- benign models in ------------------------------------------------------------------------------------------
+
+
+def test_pipeline_with_dataframe_example_imports_and_predicts_identically(mlflow, cancer, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = cancer
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
+    mlflow.sklearn.save_model(
+        model, tmp_path / "m", serialization_format="cloudpickle", input_example=X.iloc[:5], pip_requirements=REQS
+    )
+    got = read_mlflow_model(tmp_path / "m")
+    assert (got.flavor, got.estimator, got.task, got.classes) == ("sklearn", "sklearn.pipeline.Pipeline", "classifier", [0, 1])
+    assert got.feature_names == list(X.columns)
+    np.testing.assert_array_equal(got.sample_input, X.iloc[:5].to_numpy(np.float32))  # the input example
+    np.testing.assert_array_equal(got.reference["label"], model.predict(X.iloc[:5]))
+    assert got.source["serialization_format" if False else "sklearn"]["serialization_format"] == "cloudpickle"
+    assert got.source["model_uuid"] and got.signature["inputs"][0]["name"] == "mean radius"
+    assert_predicts_like(got.onnx, model, X.to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "gradient_boosting"])
+def test_tree_ensembles_in_pickle_format(mlflow, cancer, tmp_path: Path, kind: str) -> None:
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+
+    X, y = cancer
+    X = X.to_numpy()
+    est = RandomForestClassifier(20, random_state=0) if kind == "random_forest" else GradientBoostingClassifier()
+    model = est.fit(X, y)
+    mlflow.sklearn.save_model(
+        model, tmp_path / "m", serialization_format="pickle", input_example=X[:4], pip_requirements=REQS
+    )
+    got = read_mlflow_model(tmp_path / "m")
+    assert got.feature_names is None and got.sample_input.shape == (4, 30)
+    assert got.signature["inputs"][0]["tensor-spec"]["shape"] == [-1, 30]
+    assert_predicts_like(got.onnx, model, X)
+
+
+def test_skops_format_mlflow_default(mlflow, cancer, tmp_path: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = cancer
+    model = HistGradientBoostingClassifier(max_iter=20).fit(X.to_numpy(), y)
+    mlflow.sklearn.save_model(model, tmp_path / "m", pip_requirements=REQS)  # no example: 32 drawn rows
+    got = read_mlflow_model(tmp_path / "m")
+    assert got.source["sklearn"]["serialization_format"] == "skops"
+    assert got.sample_input.shape == (32, 30)
+    assert_predicts_like(got.onnx, model, X.to_numpy())
+
+
+def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = cancer
+    model = RandomForestClassifier(10, random_state=0).fit(X.to_numpy(), y)
+    onx = convert_sklearn(
+        model, initial_types=[("input", FloatTensorType([None, 30]))], options={id(model): {"zipmap": False}}
+    )
+    mlflow.onnx.save_model(onx, tmp_path / "m", input_example=X.to_numpy(np.float32)[:3], pip_requirements=REQS)
+    assert len(list((tmp_path / "m").iterdir())) > 7, "large tensors are stored beside model.onnx"
+    got = read_mlflow_model(tmp_path / "m")
+    assert (got.flavor, got.reference, got.estimator) == ("onnx", None, None)
+    assert got.sample_input.shape == (3, 30)
+    assert_predicts_like(got.onnx, model, X.to_numpy())
+
+
+_ESTIMATORS = [
+    "LogisticRegression()", "RandomForestClassifier(5)", "GradientBoostingClassifier(n_estimators=5)",
+    "HistGradientBoostingClassifier(max_iter=5)", "SGDClassifier(loss='log_loss')", "DecisionTreeClassifier()",
+    "make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression())", "KNeighborsClassifier(algorithm='kd_tree')",
+    "MLPClassifier(max_iter=5)", "CalibratedClassifierCV(LinearSVC(), cv=2)",
+    "make_pipeline(ColumnTransformer([('s', StandardScaler(), [0, 1]), ('o', OneHotEncoder(handle_unknown='ignore'),"
+    " [2])], remainder='passthrough'), LogisticRegression())",
+]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, "cloudpickle"])
+@pytest.mark.parametrize("source", _ESTIMATORS)
+def test_allow_list_reads_common_estimators(cancer, source: str, protocol: int | str) -> None:
+    """In-process (benign files only): the allow-list is wide enough for what people train."""
+    import io
+
+    import cloudpickle
+    import sklearn.calibration, sklearn.compose, sklearn.ensemble, sklearn.impute, sklearn.linear_model  # noqa: E401
+    import sklearn.neighbors, sklearn.neural_network, sklearn.pipeline, sklearn.preprocessing, sklearn.svm  # noqa: E401
+    import sklearn.tree  # noqa: F401
+
+    names = {n: getattr(m, n) for m in list(sys.modules.values()) if m and m.__name__.startswith("sklearn.")
+             and m.__name__.count(".") == 1 for n in dir(m) if n[0].isupper() or n == "make_pipeline"}  # fmt: skip
+    X, y = cancer
+    X = X.to_numpy()[:200].copy()
+    X[:, 2] = X[:, 2] > 90  # a category for the OneHotEncoder
+    model = eval(source, names).fit(X, y[:200])
+    data = cloudpickle.dumps(model) if protocol == "cloudpickle" else pickle.dumps(model, protocol=protocol)
+    loaded = AllowListUnpickler(io.BytesIO(data)).load()
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+# --- malicious models refused ------------------------------------------------------------------------------------
+
+
+class _Reduce:
+    """Pickles as ``func(*args)``: what an attacker writes by hand."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def _payload(kind: str, canary: Path) -> tuple[bytes, str]:
+    """A malicious pickle that creates ``canary`` if loaded with plain pickle, and the global it is refused at."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    touch = f"open({str(canary)!r}, 'w').close()"
+    if kind == "os_system":
+        return pickle.dumps(_Reduce(os.system, f"touch {canary}")), "posix.system"
+    if kind == "builtins_exec":
+        return pickle.dumps(_Reduce(exec, touch)), "builtins.exec"
+    if kind == "subprocess":
+        return pickle.dumps(_Reduce(subprocess.Popen, ["touch", str(canary)])), "subprocess.Popen"
+    if kind == "protocol0_eval":  # hand-written, with a Python 2 module name mapped to builtins
+        return f"c__builtin__\neval\n(V{touch}\ntR.".encode(), "builtins.eval"
+    if kind == "dotted_name":  # a protocol-4 qualified name walking from an allowed class to its globals
+        return b"csklearn.base\nBaseEstimator.__init__.__globals__\n.", "sklearn.base.BaseEstimator.__init__.__globals__"
+    lr = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    if kind == "nested_in_estimator_state":
+        lr.solver_state_ = {"warm": [_Reduce(open, str(canary), "w")]}
+        return pickle.dumps(make_pipeline(lr)), "io.open"
+    if kind == "partial_in_pipeline":
+        evil = FunctionTransformer(functools.partial(os.system, f"touch {canary}"))
+        return pickle.dumps(make_pipeline(evil, lr)), "functools.partial"
+    if kind == "cloudpickle_lambda":
+        import cloudpickle
+
+        evil = FunctionTransformer(lambda X: (open(canary, "w").close(), X)[1])  # noqa: SIM115
+        return cloudpickle.dumps(make_pipeline(evil, lr)), "cloudpickle.cloudpickle._make_function"
+    raise AssertionError(kind)
+
+
+PAYLOADS = ["os_system", "builtins_exec", "subprocess", "protocol0_eval", "nested_in_estimator_state",
+            "partial_in_pipeline", "cloudpickle_lambda"]  # fmt: skip
+
+
+def _mlflow_dir(root: Path, data: bytes, fmt: str = "pickle", pickled_model: str = "model.pkl") -> Path:
+    root.mkdir()
+    (root / "model.pkl").write_bytes(data)
+    flavor = {"pickled_model": pickled_model, "serialization_format": fmt, "sklearn_version": "1.9.1"}
+    mlmodel = {"flavors": {"sklearn": flavor, "python_function": {"loader_module": "mlflow.sklearn"}}}
+    (root / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    return root
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, kind: str) -> None:
+    canary = tmp_path / "CANARY"
+    data, refused = _payload(kind, canary)
+    with pytest.raises(RefusedPickle) as caught:
+        read_mlflow_model(_mlflow_dir(tmp_path / "m", data))
+    assert caught.value.refused == refused and refused in str(caught.value)
+    assert isinstance(caught.value, SpecError)
+    assert not canary.exists()
+
+
+def test_the_payloads_are_live(tmp_path: Path) -> None:
+    """Control: plain pickle (in a throwaway process) does create every canary, so the refusals above count."""
+    files = []
+    for kind in [*PAYLOADS, "dotted_name"]:
+        data, _ = _payload(kind, tmp_path / f"canary-{kind}")
+        (tmp_path / f"{kind}.pkl").write_bytes(data)
+        files.append(str(tmp_path / f"{kind}.pkl"))
+    script = (
+        "import pickle, sys, time\n"
+        "for f in sys.argv[1:]:\n"
+        "    obj = pickle.load(open(f, 'rb'))\n"
+        "    if hasattr(obj, 'transform'): obj.transform([[0.0]])\n"
+        "time.sleep(0.2)\n"  # os.system and Popen return before touch has run
+    )
+    subprocess.run([sys.executable, "-c", script, *files], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.glob("canary-*")) == sorted(f"canary-{k}" for k in PAYLOADS)
+    with pytest.raises(RefusedClass, match="dotted"):
+        AllowListUnpickler(open(tmp_path / "dotted_name.pkl", "rb")).load()  # noqa: SIM115
+
+
+@pytest.mark.parametrize(
+    "qualified",
+    ["builtins.eval", "builtins.getattr", "builtins.__import__", "builtins.type", "os.system", "posix.system",
+     "subprocess.run", "functools.partial", "operator.attrgetter", "copyreg._reconstructor", "numpy.load",
+     "numpy.frombuffer", "sklearn.base.clone", "sklearn.utils.estimator_checks.check_estimator", "joblib.load",
+     "cloudpickle.cloudpickle._make_skeleton_class", "pickle.loads", "__builtin__.getattr", "builtins.object"],
+)  # fmt: skip
+def test_allow_list_refuses_gadgets(qualified: str) -> None:
+    module, _, name = qualified.rpartition(".")
+    with pytest.raises(RefusedClass):
+        allowed_global(module, name)
+
+
+def test_protocol2_bytes_helper_only_decodes_latin1() -> None:
+    encode = allowed_global("_codecs", "encode")
+    assert encode("\x00\xff", "latin1") == b"\x00\xff"
+    with pytest.raises(RefusedClass):
+        encode("x", "rot13")
+
+
+# --- limits ------------------------------------------------------------------------------------------------------
+
+
+def test_a_pickle_that_allocates_too_much_is_stopped_by_the_memory_limit(tmp_path: Path) -> None:
+    (tmp_path / "big.pkl").write_bytes(pickle.dumps(_Reduce(bytes, 3 << 30)))  # bytes(3 GiB): allowed class
+    with pytest.raises(SpecError, match="memory limit of 1 GiB"):
+        convert_pickled_sklearn(tmp_path / "big.pkl", memory_bytes=1 << 30)
+
+
+def test_a_slow_conversion_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(_Reduce(bytes, 1)))
+    with pytest.raises(SpecError, match="timed out after 0.2 s"):
+        convert_pickled_sklearn(tmp_path / "m.pkl", timeout_s=0.2)
+
+
+def test_a_pickle_that_is_not_an_estimator_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    with pytest.raises(SpecError, match="holds a dict, not a scikit-learn estimator"):
+        convert_pickled_sklearn(tmp_path / "m.pkl")
+
+
+# --- malformed directories ---------------------------------------------------------------------------------------
+
+
+def test_model_paths_must_stay_inside_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "outside.pkl").write_bytes(b"")
+    with pytest.raises(SpecError, match="outside the model directory"):
+        read_mlflow_model(_mlflow_dir(tmp_path / "m", b"", pickled_model="../outside.pkl"))
+    with pytest.raises(NotFound):
+        read_mlflow_model(tmp_path / "missing")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "MLmodel").write_text("flavors: {transformers: {}}\n")
+    with pytest.raises(SpecError, match="archipel imports onnx or sklearn"):
+        read_mlflow_model(tmp_path / "t")
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lr_onnx(cancer) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = cancer
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X.to_numpy(), y)
+    options = {id(model): {"zipmap": False}}
+    return convert_sklearn(model, initial_types=[("input", FloatTensorType([None, 30]))], options=options).SerializeToString()
+
+
+def test_export_serves_through_mlflow_pyfunc_like_onnxruntime(mlflow, cancer, lr_onnx: bytes, tmp_path: Path) -> None:
+    X = cancer[0].to_numpy(np.float32)
+    dest = write_mlflow_model(tmp_path / "out", onnx=lr_onnx, metadata={"archipel": {"model": "cancer", "version": 3}},
+                              input_example=X[:2])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary directory is left behind"
+    served = mlflow.pyfunc.load_model(str(dest)).predict(X)
+    expected = ort(lr_onnx, X)
+    assert served.keys() == expected.keys() == {"label", "probabilities"}
+    for name in expected:
+        np.testing.assert_array_equal(served[name], expected[name])
+    meta = mlflow.models.Model.load(str(dest))
+    assert meta.metadata == {"archipel": {"model": "cancer", "version": 3}}
+    assert meta.flavors["onnx"]["providers"] == ["CPUExecutionProvider"]
+    assert "onnxruntime==" in (dest / "requirements.txt").read_text()
+    again = read_mlflow_model(dest)  # and back in
+    assert again.flavor == "onnx" and again.sample_input.shape == (2, 30)
+    np.testing.assert_array_equal(ort(again.onnx, X)["probabilities"], expected["probabilities"])
+
+
+def test_export_is_atomic(lr_onnx: bytes, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="plain YAML"):
+        write_mlflow_model(tmp_path / "out", onnx=lr_onnx, metadata={"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SpecError, match="not an ONNX model"):
+        write_mlflow_model(tmp_path / "out", onnx=b"not onnx")
+    write_mlflow_model(tmp_path / "out", onnx=lr_onnx)
+    with pytest.raises(Conflict):
+        write_mlflow_model(tmp_path / "out", onnx=lr_onnx)
