@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ REQS = ["scikit-learn"]  # given, so that MLflow does not spend ~10 s inferring 
 @pytest.fixture(scope="module")
 def mlflow() -> Any:
     try:
-        import mlflow.onnx
-        import mlflow.pyfunc
-        import mlflow.sklearn
+        with warnings.catch_warnings():  # MLflow 3 warns about its own type hints while importing
+            warnings.simplefilter("ignore")
+            import mlflow.onnx
+            import mlflow.pyfunc
+            import mlflow.sklearn
     except ImportError as exc:
         require("mlflow", f"{exc} (pip install 'archipel[mlflow]')")
     return mlflow
@@ -65,7 +68,9 @@ def assert_predicts_like(onnx: bytes, model: Any, X: np.ndarray) -> None:
 # --- benign models in ------------------------------------------------------------------------------------------
 
 
-def test_pipeline_with_dataframe_example_imports_and_predicts_identically(mlflow, cancer, tmp_path: Path) -> None:
+def test_pipeline_with_dataframe_example_imports_and_predicts_identically(
+    mlflow, cancer, tmp_path: Path
+) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -73,14 +78,23 @@ def test_pipeline_with_dataframe_example_imports_and_predicts_identically(mlflow
     X, y = cancer
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
     mlflow.sklearn.save_model(
-        model, tmp_path / "m", serialization_format="cloudpickle", input_example=X.iloc[:5], pip_requirements=REQS
+        model,
+        tmp_path / "m",
+        serialization_format="cloudpickle",
+        input_example=X.iloc[:5],
+        pip_requirements=REQS,
     )
     got = read_mlflow_model(tmp_path / "m")
-    assert (got.flavor, got.estimator, got.task, got.classes) == ("sklearn", "sklearn.pipeline.Pipeline", "classifier", [0, 1])
+    assert (got.flavor, got.estimator, got.task, got.classes) == (
+        "sklearn",
+        "sklearn.pipeline.Pipeline",
+        "classifier",
+        [0, 1],
+    )
     assert got.feature_names == list(X.columns)
     np.testing.assert_array_equal(got.sample_input, X.iloc[:5].to_numpy(np.float32))  # the input example
     np.testing.assert_array_equal(got.reference["label"], model.predict(X.iloc[:5]))
-    assert got.source["serialization_format" if False else "sklearn"]["serialization_format"] == "cloudpickle"
+    assert got.source["sklearn"]["serialization_format"] == "cloudpickle"
     assert got.source["model_uuid"] and got.signature["inputs"][0]["name"] == "mean radius"
     assert_predicts_like(got.onnx, model, X.to_numpy())
 
@@ -91,7 +105,11 @@ def test_tree_ensembles_in_pickle_format(mlflow, cancer, tmp_path: Path, kind: s
 
     X, y = cancer
     X = X.to_numpy()
-    est = RandomForestClassifier(20, random_state=0) if kind == "random_forest" else GradientBoostingClassifier()
+    est = (
+        RandomForestClassifier(20, random_state=0)
+        if kind == "random_forest"
+        else GradientBoostingClassifier()
+    )
     model = est.fit(X, y)
     mlflow.sklearn.save_model(
         model, tmp_path / "m", serialization_format="pickle", input_example=X[:4], pip_requirements=REQS
@@ -124,7 +142,9 @@ def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
     onx = convert_sklearn(
         model, initial_types=[("input", FloatTensorType([None, 30]))], options={id(model): {"zipmap": False}}
     )
-    mlflow.onnx.save_model(onx, tmp_path / "m", input_example=X.to_numpy(np.float32)[:3], pip_requirements=REQS)
+    mlflow.onnx.save_model(
+        onx, tmp_path / "m", input_example=X.to_numpy(np.float32)[:3], pip_requirements=REQS
+    )
     assert len(list((tmp_path / "m").iterdir())) > 7, "large tensors are stored beside model.onnx"
     got = read_mlflow_model(tmp_path / "m")
     assert (got.flavor, got.reference, got.estimator) == ("onnx", None, None)
@@ -132,35 +152,61 @@ def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
     assert_predicts_like(got.onnx, model, X.to_numpy())
 
 
-_ESTIMATORS = [
-    "LogisticRegression()", "RandomForestClassifier(5)", "GradientBoostingClassifier(n_estimators=5)",
-    "HistGradientBoostingClassifier(max_iter=5)", "SGDClassifier(loss='log_loss')", "DecisionTreeClassifier()",
-    "make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression())", "KNeighborsClassifier(algorithm='kd_tree')",
-    "MLPClassifier(max_iter=5)", "CalibratedClassifierCV(LinearSVC(), cv=2)",
-    "make_pipeline(ColumnTransformer([('s', StandardScaler(), [0, 1]), ('o', OneHotEncoder(handle_unknown='ignore'),"
-    " [2])], remainder='passthrough'), LogisticRegression())",
-]  # fmt: skip
+def _estimator(name: str) -> Any:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.svm import LinearSVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    columns = ColumnTransformer(
+        [("s", StandardScaler(), [0, 1]), ("o", OneHotEncoder(handle_unknown="ignore"), [2])],
+        remainder="passthrough",
+    )
+    return {
+        "logistic": lambda: LogisticRegression(),
+        "forest": lambda: RandomForestClassifier(5),
+        "gbm": lambda: GradientBoostingClassifier(n_estimators=5),
+        "hist_gbm": lambda: HistGradientBoostingClassifier(max_iter=5),
+        "sgd": lambda: SGDClassifier(loss="log_loss"),
+        "tree": lambda: DecisionTreeClassifier(),
+        "impute_scale_logistic": lambda: make_pipeline(
+            SimpleImputer(), StandardScaler(), LogisticRegression()
+        ),
+        "column_transformer": lambda: make_pipeline(columns, LogisticRegression()),
+        "kd_tree_knn": lambda: KNeighborsClassifier(algorithm="kd_tree"),
+        "mlp": lambda: MLPClassifier(max_iter=5),
+        "calibrated_svc": lambda: CalibratedClassifierCV(LinearSVC(), cv=2),
+    }[name]()
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, "cloudpickle"])
-@pytest.mark.parametrize("source", _ESTIMATORS)
-def test_allow_list_reads_common_estimators(cancer, source: str, protocol: int | str) -> None:
-    """In-process (benign files only): the allow-list is wide enough for what people train."""
+@pytest.mark.parametrize(
+    "name",
+    ["logistic", "forest", "gbm", "hist_gbm", "sgd", "tree", "impute_scale_logistic", "column_transformer",
+     "kd_tree_knn", "mlp", "calibrated_svc"],
+)  # fmt: skip
+def test_allow_list_reads_common_estimators(cancer, name: str, protocol: int | str) -> None:
+    """In-process (benign files only): the allow-list admits what people train, in every pickle dialect."""
     import io
 
     import cloudpickle
-    import sklearn.calibration, sklearn.compose, sklearn.ensemble, sklearn.impute, sklearn.linear_model  # noqa: E401
-    import sklearn.neighbors, sklearn.neural_network, sklearn.pipeline, sklearn.preprocessing, sklearn.svm  # noqa: E401
-    import sklearn.tree  # noqa: F401
 
-    names = {n: getattr(m, n) for m in list(sys.modules.values()) if m and m.__name__.startswith("sklearn.")
-             and m.__name__.count(".") == 1 for n in dir(m) if n[0].isupper() or n == "make_pipeline"}  # fmt: skip
     X, y = cancer
     X = X.to_numpy()[:200].copy()
     X[:, 2] = X[:, 2] > 90  # a category for the OneHotEncoder
-    model = eval(source, names).fit(X, y[:200])
+    model = _estimator(name).fit(X, y[:200])
     data = cloudpickle.dumps(model) if protocol == "cloudpickle" else pickle.dumps(model, protocol=protocol)
     loaded = AllowListUnpickler(io.BytesIO(data)).load()
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
@@ -194,8 +240,6 @@ def _payload(kind: str, canary: Path) -> tuple[bytes, str]:
         return pickle.dumps(_Reduce(subprocess.Popen, ["touch", str(canary)])), "subprocess.Popen"
     if kind == "protocol0_eval":  # hand-written, with a Python 2 module name mapped to builtins
         return f"c__builtin__\neval\n(V{touch}\ntR.".encode(), "builtins.eval"
-    if kind == "dotted_name":  # a protocol-4 qualified name walking from an allowed class to its globals
-        return b"csklearn.base\nBaseEstimator.__init__.__globals__\n.", "sklearn.base.BaseEstimator.__init__.__globals__"
     lr = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
     if kind == "nested_in_estimator_state":
         lr.solver_state_ = {"warm": [_Reduce(open, str(canary), "w")]}
@@ -206,7 +250,7 @@ def _payload(kind: str, canary: Path) -> tuple[bytes, str]:
     if kind == "cloudpickle_lambda":
         import cloudpickle
 
-        evil = FunctionTransformer(lambda X: (open(canary, "w").close(), X)[1])  # noqa: SIM115
+        evil = FunctionTransformer(lambda X: (open(canary, "w").close(), X)[1])
         return cloudpickle.dumps(make_pipeline(evil, lr)), "cloudpickle.cloudpickle._make_function"
     raise AssertionError(kind)
 
@@ -238,7 +282,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, kind: str) -
 def test_the_payloads_are_live(tmp_path: Path) -> None:
     """Control: plain pickle (in a throwaway process) does create every canary, so the refusals above count."""
     files = []
-    for kind in [*PAYLOADS, "dotted_name"]:
+    for kind in PAYLOADS:
         data, _ = _payload(kind, tmp_path / f"canary-{kind}")
         (tmp_path / f"{kind}.pkl").write_bytes(data)
         files.append(str(tmp_path / f"{kind}.pkl"))
@@ -251,8 +295,16 @@ def test_the_payloads_are_live(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", script, *files], check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.glob("canary-*")) == sorted(f"canary-{k}" for k in PAYLOADS)
-    with pytest.raises(RefusedClass, match="dotted"):
-        AllowListUnpickler(open(tmp_path / "dotted_name.pkl", "rb")).load()  # noqa: SIM115
+
+
+def test_dotted_names_never_walk_from_an_allowed_class() -> None:
+    """Protocol 4 resolves ``a.b.c`` names attribute by attribute: from an admitted class to module globals."""
+    import io
+
+    data = b"\x80\x04csklearn.base\nBaseEstimator.get_params.__globals__\n."
+    assert "inspect" in pickle.loads(data)  # plain pickle hands out sklearn.base's globals
+    with pytest.raises(RefusedClass, match=r"sklearn\.base\.BaseEstimator\.get_params\.__globals__: dotted"):
+        AllowListUnpickler(io.BytesIO(data)).load()
 
 
 @pytest.mark.parametrize(
@@ -286,7 +338,7 @@ def test_a_pickle_that_allocates_too_much_is_stopped_by_the_memory_limit(tmp_pat
 
 def test_a_slow_conversion_is_killed_at_the_timeout(tmp_path: Path) -> None:
     (tmp_path / "m.pkl").write_bytes(pickle.dumps(_Reduce(bytes, 1)))
-    with pytest.raises(SpecError, match="timed out after 0.2 s"):
+    with pytest.raises(SpecError, match=r"timed out after 0\.2 s"):
         convert_pickled_sklearn(tmp_path / "m.pkl", timeout_s=0.2)
 
 
@@ -325,10 +377,14 @@ def lr_onnx(cancer) -> bytes:
     X, y = cancer
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X.to_numpy(), y)
     options = {id(model): {"zipmap": False}}
-    return convert_sklearn(model, initial_types=[("input", FloatTensorType([None, 30]))], options=options).SerializeToString()
+    return convert_sklearn(
+        model, initial_types=[("input", FloatTensorType([None, 30]))], options=options
+    ).SerializeToString()
 
 
-def test_export_serves_through_mlflow_pyfunc_like_onnxruntime(mlflow, cancer, lr_onnx: bytes, tmp_path: Path) -> None:
+def test_export_serves_through_mlflow_pyfunc_like_onnxruntime(
+    mlflow, cancer, lr_onnx: bytes, tmp_path: Path
+) -> None:
     X = cancer[0].to_numpy(np.float32)
     dest = write_mlflow_model(tmp_path / "out", onnx=lr_onnx, metadata={"archipel": {"model": "cancer", "version": 3}},
                               input_example=X[:2])  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 from archipel.errors import UserError
 from archipel.models.job import StepSpec
 
-__all__ = ["cache_key", "code_hash", "code_snapshot", "pinned_version", "with_setup"]
+__all__ = ["cache_key", "code_hash", "code_snapshot", "pinned_model", "pinned_version", "with_setup"]
 
 _SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modules"}
 _MAX_CODE_BYTES = 100 * 2**20
@@ -70,13 +70,26 @@ def cache_key(
             inputs[input_name] = pin["sha256"] if pin else str(ref)
         elif ref.kind == "step_output" and ref.step is not None:
             inputs[input_name] = upstream.get((ref.step, ref.name))
+        elif ref.kind == "model":
+            pinned = pinned_model(plan, ref.name, ref.version)
+            inputs[input_name] = pins[pinned]["sha256"] if pinned else str(ref)
     blob = repr(sorted(inputs.items())) + code + repr(step.model_dump(mode="json"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def pinned_model(plan: Mapping[str, Any], name: str, version: int | None) -> str | None:
+    """The pin (``models:/name/N``) the plan made for model ``name`` (at ``version`` if given)."""
+    for ref in plan.get("pins", {}):
+        if ref.startswith(f"models:/{name}/") and (version is None or ref == f"models:/{name}/{version}"):
+            return ref
+    return None
 
 
 def pinned_version(plan: Mapping[str, Any], name: str) -> int | None:
     """The version of dataset ``name`` the plan was made for."""
     for ref in plan.get("pins", {}):
+        if ref.startswith("models:/"):
+            continue
         dataset, _, version = ref.partition("@v")
         if dataset == name and version.isdigit():
             return int(version)

@@ -27,6 +27,7 @@ from archipel.policy.engine import Place, Subject, evaluate
 from archipel.policy.jurisdiction import within
 from archipel.pricing.preemption import PREEMPTION_PER_HOUR, expected_hours
 from archipel.services.data import DatasetView, get_dataset, resolve_version
+from archipel.services.models import VersionView, get_version
 from archipel.services.offers import OfferRequest, SiteOffer, find_offers, fits_capacity
 from archipel.spec.validate import parse_model
 from archipel.spec.yaml_loader import load_yaml
@@ -99,6 +100,14 @@ class _Builder:
         self.pins[version.ref] = pin
         return view, pin
 
+    def model(self, ref: InputRef) -> tuple[VersionView, PinnedInput]:
+        """The model version behind ``ref`` (an alias is pinned to the version it points to now)."""
+        text = f"{ref.name}@{ref.alias}" if ref.alias else f"{ref.name}/{ref.version}"
+        version = get_version(self.engine, text)
+        pin = PinnedInput(f"models:/{version.ref}", version.sha256, version.bytes, tuple(version.replicas))
+        self.pins[pin.ref] = pin
+        return version, pin
+
     def step_subjects(self, name: str, step: StepSpec) -> list[Subject]:
         if name in self.subjects:
             return self.subjects[name]
@@ -107,9 +116,7 @@ class _Builder:
             if ref.kind == "dataset":
                 out.append(self.dataset(ref)[0].subject())
             elif ref.kind == "model":
-                raise SpecError(
-                    f"step {name} reads {ref}: model inputs need the model registry, which archipel does not have yet"
-                )
+                out.extend(self.model(ref)[0].subjects())
             elif ref.step is not None:
                 # a step's outputs derive from its inputs: they carry the same restrictions downstream
                 out.extend(self.step_subjects(ref.step, self.spec.steps[ref.step]))
@@ -262,12 +269,12 @@ def build_problem(
 def _moves(
     builder: _Builder, step: StepSpec, site_name: str, prices: dict[tuple[str, str], float]
 ) -> list[InputMove]:
-    """The dataset inputs ``site_name`` lacks, each from its cheapest replica."""
+    """The dataset and model inputs ``site_name`` lacks, each from its cheapest replica."""
     moves = []
     for input_name, ref in step.input_refs().items():
-        if ref.kind != "dataset":
+        if ref.kind == "step_output":
             continue
-        _, pin = builder.dataset(ref)
+        _, pin = builder.dataset(ref) if ref.kind == "dataset" else builder.model(ref)
         if site_name in pin.replicas or not pin.replicas:
             continue
         source = min(pin.replicas, key=lambda r: (prices[(r, site_name)], r))

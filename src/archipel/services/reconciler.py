@@ -46,7 +46,7 @@ from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow, Sit
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NoCapacity, NotFound, PolicyViolation
 from archipel.executor.channel import heartbeat_age, read_events, write_context
-from archipel.executor.launch import cache_key, pinned_version, with_setup
+from archipel.executor.launch import cache_key, pinned_model, pinned_version, with_setup
 from archipel.executor.moves import allowed, move_object
 from archipel.executor.states import TERMINAL, RunState
 from archipel.models.job import PipelineSpec, StepSpec
@@ -420,8 +420,17 @@ class Reconciler:
                         tags=tags,
                     )
                 inputs[input_name] = {**output, "ref": str(ref), "sealed": None}
-            else:
-                raise ArchipelError(f"step {step.name} reads {ref}: model inputs need the model registry")
+            else:  # a model: the version the plan pinned, copied here if the policies allow it
+                from archipel.services.models import get_version, replicate_model
+
+                pinned = pinned_model(plan, ref.name, ref.version)
+                if pinned is None:
+                    raise ArchipelError(f"the plan pinned no version of {ref}")
+                version = get_version(self.engine, pinned)
+                if site not in version.replicas:
+                    version, _ = replicate_model(self.workspace, self.engine, version.ref, site)
+                inputs[input_name] = {"kind": "model", "ref": f"models:/{version.ref}", "key": version.key,
+                    "sha256": version.sha256, "size": version.bytes, "sealed": None}  # fmt: skip
         return inputs
 
     def _checkpoint_at(
