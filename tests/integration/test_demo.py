@@ -76,9 +76,9 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     assert not [i.key for i in ws.storage("aws-us-east-1").list(f"datasets/{eu.dataset}/")]
     # every egress dollar in the summary is a ledger line
     with session_scope(engine) as session:
-        egress = [
-            e for e in entries(session, kind="egress") if e.run_id is None
-        ]  # the data step's, not runs'
+        egress = [  # the data step's: not a run's, not a model's
+            e for e in entries(session, kind="egress") if e.run_id is None and "model" not in e.tags
+        ]
     assert round(sum(e.amount_usd for e in egress), 8) == data["egress_usd"] > 0
     assert data["public_replica"]["egress_usd"] == round(egress[-1].amount_usd, 8)
     # the audit log verifies now as it did in the demo, and holds the refusal
@@ -127,4 +127,27 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     model = train["outputs"]["model"]
     data = ws.storage(model["site"]).get(model["key"])
     assert hashlib.sha256(data).hexdigest() == model["sha256"] == summary_run["model_sha256"]
+
+    # the models step: the version, its alias, replicas and the refusal, as the registry and the audit log know them
+    from archipel.policy.audit import AuditLog
+    from archipel.services.models import get_version, onnx_bytes
+
+    summary_models = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["models"]
+    version = get_version(engine, "readmission@production")
+    assert version.version == summary_models["version"] and version.sha256 == summary_models["sha256"]
+    assert version.lineage["run_id"] == summary_run["run_id"] == summary_models["run_id"]
+    assert [d["ref"] for d in version.lineage["datasets"]] == summary_models["datasets"]
+    assert version.replicas == sorted(summary_models["replicas"]) and "aws-us-east-1" not in version.replicas
+    for site in version.replicas:  # every replica holds the very bytes
+        assert hashlib.sha256(onnx_bytes(ws, version, site)).hexdigest() == version.sha256
+    assert not list(ws.storage("aws-us-east-1").list("models/"))
+    refusals = [
+        e
+        for e in AuditLog(engine, ws.state_dir).entries(action="policy.derive_export")
+        if e.outcome == "refused" and e.sites == ("aws-us-east-1",)
+    ]
+    assert (
+        refusals and refusals[-1].rule == summary_models["refused_rule"] == "default-personal-data-residency"
+    )
+    assert version.metrics == summary_models["metrics"]
     engine.dispose()

@@ -3,7 +3,8 @@
 Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks.
 The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
 policies, verified replication and the audit log, then a pipeline placed by residency, egress and price,
-run there with a killed worker recovered from its checkpoint.
+run there with a killed worker recovered from its checkpoint, and its model registered, gated and copied
+only where its data allows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.rule import Rule
 
 from archipel.cli import render
 from archipel.cli.demo_data import data_step
+from archipel.cli.demo_models import models_step
 from archipel.cli.demo_plan import plan_step
 from archipel.cli.demo_run import run_step
 from archipel.db import connect
@@ -110,6 +112,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     run_summary, run_checks = run_step(workspace, engine, out)
     summary["steps"]["run"] = run_summary
     checks.update(run_checks)
+    models_summary, models_checks = models_step(workspace, engine, out, run_summary["run_id"])
+    summary["steps"]["models"] = models_summary
+    checks.update(models_checks)
 
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
@@ -120,7 +125,7 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     out.print(
         f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
         "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls | "
-        "plan examples/pipeline.yaml | runs ls | runs show RUN | cost --by site"
+        "plan examples/pipeline.yaml | runs ls | runs show RUN | models show readmission | cost --by site"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
