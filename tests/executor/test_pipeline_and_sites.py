@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from archipel.services.chaos import kill_site, revive_site
 from archipel.services.reconciler import Reconciler
 from archipel.services.runs import cancel_run, get_run
@@ -14,6 +16,8 @@ from tests.executor.conftest import submit, write_job
 
 PIPELINE = """
 name: readmission
+models:
+  readmission: {gates: {production: ["accuracy >= 0.99"]}}
 steps:
   prepare:
     run: python prepare.py
@@ -83,6 +87,12 @@ def test_a_three_step_pipeline_runs_across_two_sites_then_is_reused_whole(
     assert [d["ref"] for d in v.lineage["datasets"]] == ["patients-eu@v1"] and v.classification == "phi"
     assert len(v.lineage["code_revision"]) == 64 and v.flavor == "sklearn" and "accuracy" in v.metrics
     assert v.card["conversion_check"]["max_abs_diff"] < 1e-4 and v.card["profile"]["rows"] == 800
+    # the pipeline declared the gate its model must pass to reach production
+    from archipel.errors import PolicyViolation
+    from archipel.services.models import promote
+
+    with pytest.raises(PolicyViolation, match=r"accuracy >= 0.99"):
+        promote(ws, engine, "readmission", v.version)
     assert two.attempts == [] and all(s["state"] == "SUCCEEDED" for s in two.steps)
     assert two.steps[1]["outputs"] == one.steps[1]["outputs"]
 

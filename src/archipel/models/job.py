@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from archipel.models.common import GiB, Name, Seconds, StrictModel
 from archipel.models.policy import Classification
+from archipel.models.registry import ModelSpec
 from archipel.models.site import Provider
 from archipel.models.units import parse_duration
 
@@ -218,6 +219,8 @@ class PipelineSpec(StrictModel):
     steps: dict[Name, StepSpec] = Field(min_length=1)
     tags: dict[str, str] = Field(default_factory=dict)
     """Tags every step inherits."""
+    models: dict[Name, ModelSpec] = Field(default_factory=dict)
+    """Promotion gates for the models this pipeline registers (archipel.yaml's ``models:`` take precedence)."""
 
     @model_validator(mode="after")
     def _dag(self) -> PipelineSpec:

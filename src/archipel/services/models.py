@@ -330,6 +330,22 @@ class Promotion:
         return {**self.__dict__, "clauses": [c.as_json() for c in self.clauses]}
 
 
+def _gates(workspace: Workspace, engine: Engine, version: VersionView, alias: str) -> list[str]:
+    """The gate of ``alias``: archipel.yaml's ``models:``, else the pipeline spec of the run that made it."""
+    spec = workspace.spec.models.get(version.model)
+    if spec is not None and alias in spec.gates:
+        return spec.gates[alias]
+    run_id = version.lineage.get("run_id")
+    if run_id:
+        from archipel.db.orm import RunRow
+
+        with session_scope(engine) as session:
+            run = session.get(RunRow, run_id)
+            declared = (run.spec.get("models", {}) if run is not None else {}).get(version.model, {})
+        return list(declared.get("gates", {}).get(alias, []))
+    return []
+
+
 def promote(
     workspace: Workspace,
     engine: Engine,
@@ -342,8 +358,7 @@ def promote(
     """Move ``to`` to ``version`` if every gate clause holds (from ``archipel.yaml``'s ``models:``, or given);
     refused with :class:`PolicyViolation` naming the failing clauses. Both outcomes are audited."""
     candidate = get_version(engine, f"{name}/{version}")
-    spec = workspace.spec.models.get(name)
-    clauses = gates if gates is not None else (spec.gates.get(to, []) if spec else [])
+    clauses = gates if gates is not None else _gates(workspace, engine, candidate, to)
     model = get_model(engine, name)
     aliases = {a: get_version(engine, f"{name}/{v}").metrics for a, v in model.aliases.items()}
     results = evaluate_gate(clauses, candidate.metrics, aliases)
