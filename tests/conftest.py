@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,17 @@ def s3_bucket(s3: S3Endpoint) -> str:
     name = f"archipel-test-{uuid.uuid4().hex[:16]}"
     s3.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def ws_with_data(demo_workspace: Any, tmp_path: Path) -> Any:
+    """The demo workspace with an EU ``phi`` dataset ``patients-eu`` (300 rows) at onprem-frankfurt."""
+    from archipel.data.synthetic import write_patients_csv
+    from archipel.db import connect
+    from archipel.services.data import add_dataset
+
+    engine = connect(demo_workspace.db_url)
+    csv = write_patients_csv(tmp_path / "p.csv", 300, seed=3, id_prefix="eu")
+    add_dataset(demo_workspace, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
+    engine.dispose()
+    return demo_workspace

@@ -249,6 +249,41 @@ def models_tag(
         render_models.console().print(f"{v.ref}: tags {v.tags}")
 
 
+@models_app.command("import-mlflow")
+def models_import_mlflow(
+    path: Annotated[
+        Path, typer.Argument(help="An MLflow model directory (MLmodel with sklearn or onnx flavor).")
+    ],
+    name: Annotated[str, typer.Option(help="The archipel model it becomes a version of.")],
+    site: Annotated[str, typer.Option(help="The site whose storage keeps it.")],
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="Training dataset (lineage), repeatable.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import an MLflow model as ONNX; a pickle is read by an allow-listing unpickler in a sandboxed subprocess."""
+    from archipel.cli import render_models
+    from archipel.services.models import import_mlflow
+
+    ws = open_workspace()
+    v = import_mlflow(ws, open_engine(ws), path, name, site=site, datasets=data or [])
+    print_json(v.as_json()) if as_json else render_models.version(v)
+
+
+@models_app.command("export-mlflow")
+def models_export_mlflow(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/N.")],
+    dest: Annotated[Path, typer.Argument(help="The directory to create.")],
+) -> None:
+    """Write a version as an MLflow model directory with the onnx flavor."""
+    from archipel.cli import render_models
+    from archipel.services.models import export_mlflow
+
+    ws = open_workspace()
+    written = export_mlflow(ws, open_engine(ws), ref, dest)
+    render_models.console().print(f"Wrote {written} (MLflow onnx flavor)")
+
+
 def runs_compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids (or unique prefixes).")],
     as_json: JsonOpt = False,

@@ -15,6 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -38,8 +39,10 @@ __all__ = [
     "Promotion",
     "VersionView",
     "delete_version",
+    "export_mlflow",
     "get_model",
     "get_version",
+    "import_mlflow",
     "list_models",
     "parse_model_ref",
     "predict",
@@ -550,3 +553,64 @@ def delete_version(workspace: Workspace, engine: Engine, ref: str) -> VersionVie
     AuditLog(engine, workspace.state_dir).record(action="model.delete", subject=version.ref, sites=version.replicas,
         outcome="done", reason="deleted an archived version")  # fmt: skip
     return version
+
+
+# -- MLflow interop ------------------------------------------------------------------------------------------
+
+
+def import_mlflow(
+    workspace: Workspace,
+    engine: Engine,
+    path: Path,
+    name: str,
+    *,
+    site: str,
+    datasets: list[str] | None = None,
+    description: str = "",
+) -> VersionView:
+    """An MLflow model directory (sklearn or onnx flavor) as the next version of ``name``. A pickled model is
+    converted in a resource-limited subprocess with an allow-listing unpickler; this process unpickles nothing.
+    The ONNX is checked against the source model's outputs on the sample (sklearn), or run on it (onnx)."""
+    import numpy as np
+
+    from archipel.registry.convert import Converted, compare, run_onnx, signature_of
+    from archipel.registry.mlflow_io import read_mlflow_model
+
+    imported = read_mlflow_model(Path(path))
+    check: dict[str, Any] = {"rows": 0, "outputs": []}
+    if imported.sample_input is not None:
+        sample = np.asarray(imported.sample_input, dtype=np.float32)
+        outputs = run_onnx(imported.onnx, sample)
+        check = {"rows": len(sample), "outputs": sorted(outputs)}
+        if imported.reference is not None:
+            check = {**compare(imported.reference, outputs), "rows": len(sample)}
+    extra = {"task": imported.task, "classes": imported.classes} if imported.task else {}
+    converted = Converted(
+        imported.onnx,
+        f"mlflow-{imported.flavor}",
+        signature_of(imported.onnx, imported.feature_names, **extra),
+        check,
+    )
+    source = {
+        k: v
+        for k, v in imported.source.items()
+        if k in ("run_id", "model_uuid", "utc_time_created", "mlflow_version")
+    }
+    return register_version(workspace, engine, name, converted, site=site, datasets=datasets or [],
+        lineage={"mlflow": source, "estimator": imported.estimator}, description=description)  # fmt: skip
+
+
+def export_mlflow(workspace: Workspace, engine: Engine, ref: str, dest: Path) -> Path:
+    """A version as an MLflow model directory with the onnx flavor (its lineage and metrics as metadata)."""
+    from archipel.registry.mlflow_io import write_mlflow_model
+
+    version = get_version(engine, ref)
+    metadata = {
+        "archipel_model": version.ref,
+        "sha256": version.sha256,
+        "metrics": {k: float(v) for k, v in version.metrics.items()},
+        "datasets": [d["ref"] for d in version.lineage.get("datasets", [])],
+        "run_id": version.lineage.get("run_id"),
+        "feature_names": version.signature.get("feature_names"),
+    }
+    return write_mlflow_model(Path(dest), onnx=onnx_bytes(workspace, version), metadata=metadata)
