@@ -58,8 +58,9 @@ def ort(onnx: bytes, X: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, {session.get_inputs()[0].name: X}), strict=True))
 
 
-def assert_predicts_like(onnx: bytes, model: Any, X: np.ndarray) -> None:
-    got = ort(onnx, X.astype(np.float32))
+def assert_predicts_like(onnx: bytes, model: Any, X: Any) -> None:
+    """ONNX Runtime on float32 rows gives the labels and (within 1e-5) the probabilities of the original."""
+    got = ort(onnx, np.asarray(X, dtype=np.float32))
     np.testing.assert_array_equal(got["label"], model.predict(X))
     np.testing.assert_allclose(got["probabilities"], model.predict_proba(X), atol=1e-5, rtol=0)
 
@@ -96,7 +97,7 @@ def test_pipeline_with_dataframe_example_imports_and_predicts_identically(
     np.testing.assert_array_equal(got.reference["label"], model.predict(X.iloc[:5]))
     assert got.source["sklearn"]["serialization_format"] == "cloudpickle"
     assert got.source["model_uuid"] and got.signature["inputs"][0]["name"] == "mean radius"
-    assert_predicts_like(got.onnx, model, X.to_numpy())
+    assert_predicts_like(got.onnx, model, X)
 
 
 @pytest.mark.parametrize("kind", ["random_forest", "gradient_boosting"])
@@ -121,12 +122,12 @@ def test_tree_ensembles_in_pickle_format(mlflow, cancer, tmp_path: Path, kind: s
 
 
 def test_skops_format_mlflow_default(mlflow, cancer, tmp_path: Path) -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import GradientBoostingClassifier
 
     X, y = cancer
-    model = HistGradientBoostingClassifier(max_iter=20).fit(X.to_numpy(), y)
-    # skops (MLflow 3's default) refuses TreePredictor unless trusted: its node indices are not bounds-checked
-    trusted = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+    model = GradientBoostingClassifier(n_estimators=20).fit(X.to_numpy(), y)
+    # skops (MLflow 3's default) refuses Tree unless told to trust it: its node indices are not bounds-checked
+    trusted = ["sklearn.tree._tree.Tree"]
     mlflow.sklearn.save_model(model, tmp_path / "m", pip_requirements=REQS, skops_trusted_types=trusted)
     got = read_mlflow_model(tmp_path / "m")
     assert got.source["sklearn"]["serialization_format"] == "skops"
@@ -136,6 +137,7 @@ def test_skops_format_mlflow_default(mlflow, cancer, tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
+    from onnx import numpy_helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.neural_network import MLPClassifier
@@ -149,6 +151,8 @@ def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
     onx = convert_sklearn(
         model, initial_types=[("input", FloatTensorType([None, 30]))], options={id(model): {"zipmap": False}}
     )
+    for init in onx.graph.initializer:  # as raw bytes, the form onnx moves to external data (torch writes it)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
     mlflow.onnx.save_model(
         onx, tmp_path / "m", input_example=X.to_numpy(np.float32)[:3], pip_requirements=REQS
     )
@@ -163,41 +167,43 @@ def test_onnx_flavor_with_external_data(mlflow, cancer, tmp_path: Path) -> None:
 
 
 def _estimator(name: str) -> Any:
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import (
-        GradientBoostingClassifier,
-        HistGradientBoostingClassifier,
-        RandomForestClassifier,
+    from sklearn import (
+        calibration,
+        compose,
+        ensemble,
+        impute,
+        linear_model,
+        neighbors,
+        neural_network,
+        svm,
+        tree,
     )
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from sklearn.svm import LinearSVC
-    from sklearn.tree import DecisionTreeClassifier
 
-    columns = ColumnTransformer(
+    columns = compose.ColumnTransformer(
         [("s", StandardScaler(), [0, 1]), ("o", OneHotEncoder(handle_unknown="ignore"), [2])],
         remainder="passthrough",
     )
     return {
-        "logistic": lambda: LogisticRegression(),
-        "forest": lambda: RandomForestClassifier(5),
-        "gbm": lambda: GradientBoostingClassifier(n_estimators=5),
-        "hist_gbm": lambda: HistGradientBoostingClassifier(max_iter=5),
-        "sgd": lambda: SGDClassifier(loss="log_loss"),
-        "tree": lambda: DecisionTreeClassifier(),
-        "impute_scale_logistic": lambda: make_pipeline(
-            SimpleImputer(), StandardScaler(), LogisticRegression()
-        ),
-        "column_transformer": lambda: make_pipeline(columns, LogisticRegression()),
-        "kd_tree_knn": lambda: KNeighborsClassifier(algorithm="kd_tree"),
-        "mlp": lambda: MLPClassifier(max_iter=5),
-        "calibrated_svc": lambda: CalibratedClassifierCV(LinearSVC(), cv=2),
-    }[name]()
+        "logistic": lambda: linear_model.LogisticRegression(),
+        "forest": lambda: ensemble.RandomForestClassifier(5),
+        "gbm": lambda: ensemble.GradientBoostingClassifier(n_estimators=5),
+        "hist_gbm": lambda: ensemble.HistGradientBoostingClassifier(max_iter=5),
+        "sgd": lambda: linear_model.SGDClassifier(loss="log_loss"),
+        "tree": lambda: tree.DecisionTreeClassifier(),
+        "impute_scale_logistic": lambda: make_pipeline(impute.SimpleImputer(), StandardScaler(),
+                                                       linear_model.LogisticRegression()),
+        "column_transformer": lambda: make_pipeline(columns, linear_model.LogisticRegression()),
+        "kd_tree_knn": lambda: neighbors.KNeighborsClassifier(algorithm="kd_tree"),
+        "mlp": lambda: neural_network.MLPClassifier(max_iter=5),
+        "calibrated_svc": lambda: calibration.CalibratedClassifierCV(svm.LinearSVC(), cv=2),
+        "ridge": lambda: linear_model.Ridge(),
+        "linear": lambda: linear_model.LinearRegression(),
+        "forest_regressor": lambda: ensemble.RandomForestRegressor(5),
+        "gbm_regressor": lambda: ensemble.GradientBoostingRegressor(n_estimators=5),
+        "hist_gbm_regressor": lambda: ensemble.HistGradientBoostingRegressor(max_iter=5),
+    }[name]()  # fmt: skip
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -205,7 +211,8 @@ def _estimator(name: str) -> Any:
 @pytest.mark.parametrize(
     "name",
     ["logistic", "forest", "gbm", "hist_gbm", "sgd", "tree", "impute_scale_logistic", "column_transformer",
-     "kd_tree_knn", "mlp", "calibrated_svc"],
+     "kd_tree_knn", "mlp", "calibrated_svc", "ridge", "linear", "forest_regressor", "gbm_regressor",
+     "hist_gbm_regressor"],
 )  # fmt: skip
 def test_allow_list_reads_common_estimators(cancer, name: str, protocol: int | str) -> None:
     """In-process (benign files only): the allow-list admits what people train, in every pickle dialect."""
@@ -219,7 +226,26 @@ def test_allow_list_reads_common_estimators(cancer, name: str, protocol: int | s
     model = _estimator(name).fit(X, y[:200])
     data = cloudpickle.dumps(model) if protocol == "cloudpickle" else pickle.dumps(model, protocol=protocol)
     loaded = AllowListUnpickler(io.BytesIO(data)).load()
-    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    predict = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+    np.testing.assert_array_equal(getattr(loaded, predict)(X), getattr(model, predict)(X))
+
+
+def test_a_regressor_converts_with_its_reference_outputs(cancer, tmp_path: Path) -> None:
+    from sklearn.linear_model import Ridge
+
+    X, y = cancer
+    model = Ridge().fit(X, y.astype(float))  # a DataFrame: the model keeps its feature names
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    got = convert_pickled_sklearn(tmp_path / "m.pkl", n_features=30)
+    assert (got.task, got.classes, got.estimator) == ("regressor", None, "sklearn.linear_model._ridge.Ridge")
+    assert got.feature_names == list(X.columns) and got.sample_input.shape == (32, 30)
+    np.testing.assert_allclose(
+        ort(got.onnx, got.sample_input)["variable"], got.reference["variable"], atol=1e-4
+    )
+    expected = got.sample_input.astype(np.float64) @ model.coef_ + model.intercept_
+    np.testing.assert_allclose(got.reference["variable"][:, 0], expected, rtol=1e-5)
+    with pytest.raises(SpecError, match="the model takes 30 features, the signature says 4"):
+        convert_pickled_sklearn(tmp_path / "m.pkl", n_features=4)
 
 
 # --- malicious models refused ------------------------------------------------------------------------------------
@@ -351,6 +377,21 @@ def test_a_slow_conversion_is_killed_at_the_timeout(tmp_path: Path) -> None:
         convert_pickled_sklearn(tmp_path / "m.pkl", timeout_s=0.2)
 
 
+def test_crafted_state_in_an_allowed_class_crashes_only_the_child(cancer, tmp_path: Path) -> None:
+    """What the allow-list cannot stop (Tree's C code trusts its node indices) is contained by the child."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y = cancer
+    model = DecisionTreeClassifier(max_depth=3).fit(X.to_numpy(), y)
+    state = model.tree_.__getstate__()
+    state["nodes"] = state["nodes"].copy()
+    state["nodes"]["left_child"][0] = 10**9  # 64 GB past the node array
+    model.tree_.__setstate__(state)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    with pytest.raises(SpecError, match="killed by SIGSEGV"):
+        convert_pickled_sklearn(tmp_path / "m.pkl")
+
+
 def test_a_pickle_that_is_not_an_estimator_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
     with pytest.raises(SpecError, match="holds a dict, not a scikit-learn estimator"):
@@ -370,6 +411,24 @@ def test_model_paths_must_stay_inside_the_directory(tmp_path: Path) -> None:
     (tmp_path / "t" / "MLmodel").write_text("flavors: {transformers: {}}\n")
     with pytest.raises(SpecError, match="archipel imports onnx or sklearn"):
         read_mlflow_model(tmp_path / "t")
+
+
+def test_onnx_external_data_must_stay_inside_the_directory(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    (tmp_path / "secret.bin").write_bytes(b"0123456789abcdef")
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weights.ClearField("float_data")
+    weights.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        weights.external_data.add(key=key, value=value)
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [weights])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    (tmp_path / "m" / "MLmodel").write_text("flavors: {onnx: {data: model.onnx}}\n")
+    with pytest.raises(SpecError, match="points outside"):
+        read_mlflow_model(tmp_path / "m")
 
 
 # --- export ------------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def read_mlflow_model(path: Path, *, timeout_s: float = 60.0, memory_bytes: int 
         raise SpecError(f"{path} is not an MLflow model directory: it has no MLmodel file")
     try:
         doc = yaml.safe_load(mlmodel.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8
         raise SpecError(f"{mlmodel} is not valid YAML: {exc}") from exc
     flavors = doc.get("flavors") if isinstance(doc, dict) else None
     if not isinstance(flavors, dict):
@@ -139,7 +139,8 @@ def _input_width_and_names(signature: dict[str, Any] | None) -> tuple[int | None
         return None, None
     if len(inputs) == 1 and inputs[0].get("type") == "tensor":
         shape = (inputs[0].get("tensor-spec") or {}).get("shape") or []
-        return (int(shape[1]) if len(shape) == 2 and int(shape[1]) > 0 else None), None
+        width = shape[1] if isinstance(shape, list) and len(shape) == 2 else None
+        return (width if isinstance(width, int) and width > 0 else None), None
     if inputs and all(i.get("type") != "tensor" for i in inputs):
         names = [i.get("name") for i in inputs]
         return len(inputs), ([str(n) for n in names] if all(isinstance(n, str) for n in names) else None)
@@ -162,7 +163,10 @@ def _input_example(path: Path, doc: dict[str, Any]) -> tuple[np.ndarray | None, 
         or file.stat().st_size > MAX_EXAMPLE_BYTES
     ):
         return None, None
-    data: Any = json.loads(file.read_text())
+    try:
+        data: Any = json.loads(file.read_text())
+    except ValueError:  # not JSON, or not UTF-8: the example is optional, the import goes on without it
+        return None, None
     columns: list[Any] | None = None
     for key in ("inputs", "dataframe_split", "dataframe_records"):
         if isinstance(data, dict) and key in data:

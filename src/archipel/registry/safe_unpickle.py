@@ -20,7 +20,7 @@ Why an allow-list: pickle is a small stack machine whose only dangerous instruct
 global (``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``OBJ``, extension codes); all of them go through ``find_class``.
 A deny-list ("no ``os.system``, no ``eval``") or an opcode scanner misses equivalents (``posix.system``,
 ``subprocess.Popen``, ``builtins.getattr`` chains, ``functools.partial``, ``operator.attrgetter``, dotted names
-such as ``BaseEstimator.__init__.__globals__``, codecs tricks); published pickle-scanner bypasses are exactly
+such as ``BaseEstimator.get_params.__globals__``, codecs tricks); published pickle-scanner bypasses are exactly
 such gaps. An allow-list refuses everything it does not name, so an unknown gadget fails closed.
 
 What is admitted (found by pickling and loading the common estimators with pickle, cloudpickle and protocol 2):
@@ -40,18 +40,20 @@ Not admitted: every other callable, including ``builtins.eval/exec/getattr/__imp
 ``subprocess``, ``functools``, ``operator``, ``copyreg`` and cloudpickle's by-value functions and classes (a
 model with a lambda or a class defined in ``__main__`` is refused; re-save it with importable code).
 
-What a class allow-list still leaves open: an admitted class gets attacker-chosen state. ``Tree``, ``KDTree``
-and friends are Cython objects whose arrays are trusted by their C code, so crafted node indices can read or
-write out of bounds when the child predicts (a crash, in the worst case code execution), and numbers can be
-chosen to exhaust memory or CPU. That is why the load runs in a child with limits, a scrubbed environment and
-nothing it can return except files the parent parses as data. The child still runs as the same user with the
-same network: run the registry's importer under a dedicated user or container for stronger isolation.
+What a class allow-list still leaves open: admitted classes get attacker-chosen state. ``Tree``, ``TreePredictor``,
+``KDTree`` and friends are Cython objects whose C code trusts their node indices (skops 0.16 refuses ``Tree`` and
+``TreePredictor`` unless trusted for this reason, but every tree model needs them), so a crafted file can make
+the child read out of bounds or crash when it predicts, in the worst case run code; sizes can be chosen to
+exhaust memory or CPU. Hence the child: limits, a scrubbed environment, and nothing to hand back but files the
+parent parses as data. It still runs as the same user on the same network; for stronger isolation run the
+importer under a dedicated user or in a container.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -262,26 +264,38 @@ def _run_child(args: list[str], work: Path, timeout_s: float, *, what: str) -> N
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            code = None
+        finally:  # the whole session: anything the child started goes too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise SpecError(
-                f"converting {what} timed out after {timeout_s:g} s; the model was refused"
-            ) from None
+    if code is None:
+        raise SpecError(f"converting {what} timed out after {timeout_s:g} s; the model was refused")
     if code == 0:
         return
-    report = work / "out" / "error.json"
-    if report.is_file() and report.stat().st_size < 65536:
-        error = json.loads(report.read_text())
+    error = _error_report(work / "out" / "error.json")
+    if error is not None:
         message = f"cannot import {what}: {error['message']}"
         if error["kind"] == "refused":
-            raise RefusedPickle(message, refused=error["refused"])
+            raise RefusedPickle(message, refused=str(error["refused"]))
         if error["kind"] == "missing":
             raise MissingDependency(f"{message} (pip install scikit-learn skl2onnx)")
         raise SpecError(message)
-    if code in (-signal.SIGXCPU, -signal.SIGKILL):
-        raise SpecError(f"converting {what} exceeded its CPU limit ({timeout_s:g} s) and was killed")
+    if code < 0:
+        why = {signal.SIGXCPU: f"its CPU limit of {timeout_s:g} s", signal.SIGKILL: "a limit"}
+        name = signal.Signals(-code)
+        raise SpecError(f"converting {what} was killed by {name.name} ({why.get(name, 'it crashed')})")
     tail = (work / "stderr").read_bytes()[-2000:].decode(errors="replace").strip()
     raise SpecError(f"converting {what} failed (exit status {code}): {tail or 'no output'}")
+
+
+def _error_report(path: Path) -> dict[str, Any] | None:
+    """The child's error.json if it is well-formed, else None (a misbehaving child falls back to its stderr)."""
+    try:
+        error = json.loads(path.read_bytes()[:65536])
+        return error if isinstance(error, dict) and {"kind", "message"} <= error.keys() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _read_outputs(out: Path, max_bytes: int, what: str) -> ConvertedModel:
@@ -329,7 +343,24 @@ def _load(path: Path, fmt: str) -> Any:
         return AllowListUnpickler(f).load()
 
 
-def _convert(model: Any, n_features: int | None, sample_path: str | None) -> dict[str, Any]:
+def _sample(width: int | None, sample_path: str | None) -> np.ndarray:
+    if sample_path is not None:
+        sample = np.load(sample_path, allow_pickle=False).astype(np.float32)
+    elif width is None:
+        raise ValueError(
+            "the input width is unknown: the model has no n_features_in_ and no sample was given"
+        )
+    else:
+        sample = np.random.default_rng(SAMPLE_SEED).standard_normal((SAMPLE_ROWS, width), dtype=np.float32)
+    if sample.ndim != 2 or len(sample) == 0 or sample.shape[1] != (width or sample.shape[1]):
+        raise ValueError(f"the sample input has shape {sample.shape}, the model takes {width} features")
+    return sample
+
+
+def _convert(
+    model: Any, n_features: int | None, sample_path: str | None
+) -> tuple[bytes, np.ndarray, dict, dict]:
+    """ONNX bytes, the sample, the model's outputs on it (by ONNX output name) and metadata for the parent."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.base import BaseEstimator, is_classifier
@@ -339,30 +370,17 @@ def _convert(model: Any, n_features: int | None, sample_path: str | None) -> dic
     known = getattr(model, "n_features_in_", None)
     if n_features is not None and known is not None and int(known) != n_features:
         raise ValueError(f"the model takes {known} features, the signature says {n_features}")
-    width = n_features if n_features is not None else known
-    if sample_path is not None:
-        sample = np.load(sample_path, allow_pickle=False).astype(np.float32)
-        width = sample.shape[1] if width is None and sample.ndim == 2 else width
-    elif width is None:
-        raise ValueError(
-            "the input width is unknown: the model has no n_features_in_ and no sample was given"
-        )
-    else:
-        sample = np.random.default_rng(SAMPLE_SEED).standard_normal(
-            (SAMPLE_ROWS, int(width)), dtype=np.float32
-        )
-    if sample.ndim != 2 or sample.shape[1] != width or len(sample) == 0:
-        raise ValueError(f"the sample input has shape {sample.shape}, the model takes {width} features")
+    width = n_features if n_features is not None else (None if known is None else int(known))
+    sample = _sample(width, sample_path)
     classifier = is_classifier(model)
     options = {id(model): {"zipmap": False}} if classifier else None
-    onx = convert_sklearn(
-        model, initial_types=[("input", FloatTensorType([None, int(width)]))], options=options
-    )
+    initial = [("input", FloatTensorType([None, sample.shape[1]]))]
+    onx = convert_sklearn(model, initial_types=initial, options=options)
     outputs = [o.name for o in onx.graph.output]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "X does not have valid feature names"
         if classifier:
-            task, reference = "classifier", {outputs[0]: model.predict(sample)}
+            task, reference = "classifier", {outputs[0]: np.asarray(model.predict(sample))}
             if hasattr(model, "predict_proba") and len(outputs) > 1:
                 reference[outputs[1]] = model.predict_proba(sample).astype(np.float32)
         elif hasattr(model, "predict"):
@@ -372,36 +390,29 @@ def _convert(model: Any, n_features: int | None, sample_path: str | None) -> dic
             task, reference = "transformer", {outputs[0]: np.asarray(model.transform(sample), np.float32)}
     classes = getattr(model, "classes_", None) if classifier else None
     names = getattr(model, "feature_names_in_", None)
-    return {
-        "onnx": onx.SerializeToString(),
-        "sample": sample,
-        "reference": {k: v.astype(str) if v.dtype.kind == "O" else v for k, v in reference.items()},
-        "meta": {
-            "outputs": list(reference),
-            "feature_names": None if names is None else [str(n) for n in names],
-            "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
-            "task": task,
-            "classes": None
-            if classes is None
-            else [c.item() if hasattr(c, "item") else str(c) for c in classes],
-        },
-    }
+    meta = {
+        "outputs": list(reference), "task": task,
+        "feature_names": None if names is None else [str(n) for n in names],
+        "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
+        "classes": None if classes is None else [c.item() if hasattr(c, "item") else str(c) for c in classes],
+    }  # fmt: skip
+    reference = {k: v.astype(str) if v.dtype.kind == "O" else v for k, v in reference.items()}
+    return onx.SerializeToString(), sample, reference, meta
 
 
 def _child_main(argv: list[str]) -> int:
-    """Entry point of the child: ``convert PICKLE OUT_DIR --format F --memory B --cpu S [--n-features N]
-    [--sample S.npy]``. Exit status 0 with results in OUT_DIR, 3 with OUT_DIR/error.json."""
+    """The child: ``convert FILE OUT_DIR --format F --memory BYTES --cpu S [--n-features N] [--sample S.npy]``.
+    Exit status 0 with results in OUT_DIR, 3 with OUT_DIR/error.json."""
     parser = argparse.ArgumentParser(prog="archipel.registry.safe_unpickle")
     parser.add_argument("command", choices=["convert"])
-    parser.add_argument("pickle")
-    parser.add_argument("out")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("out", type=Path)
     parser.add_argument("--format", choices=FORMATS, default="cloudpickle")
     parser.add_argument("--memory", type=int, default=2 * GiB)
     parser.add_argument("--cpu", type=int, default=60)
     parser.add_argument("--n-features", type=int)
     parser.add_argument("--sample")
     args = parser.parse_args(argv)
-    out = Path(args.out)
     error: dict[str, Any]
     try:
         import skl2onnx  # noqa: F401  (imported before the limits and the file, like scikit-learn)
@@ -410,13 +421,15 @@ def _child_main(argv: list[str]) -> int:
             import skops.io  # noqa: F401
         _preload_sklearn()
         _limit(args.memory, args.cpu)
-        model = _load(Path(args.pickle), args.format)
-        result = _convert(model, args.n_features, args.sample)
-        (out / "model.onnx").write_bytes(result["onnx"])
-        np.save(out / "sample.npy", result["sample"], allow_pickle=False)
-        arrays = {f"r{i}": np.asarray(v) for i, v in enumerate(result["reference"].values())}
-        np.savez(out / "reference.npz", allow_pickle=False, **arrays)
-        (out / "meta.json").write_text(json.dumps(result["meta"]))
+        onnx, sample, reference, meta = _convert(_load(args.file, args.format), args.n_features, args.sample)
+        (args.out / "model.onnx").write_bytes(onnx)
+        np.save(args.out / "sample.npy", sample, allow_pickle=False)
+        np.savez(
+            args.out / "reference.npz",
+            allow_pickle=False,
+            **{f"r{i}": v for i, v in enumerate(reference.values())},
+        )
+        (args.out / "meta.json").write_text(json.dumps(meta))
         return 0
     except RefusedClass as exc:
         error = {"kind": "refused", "refused": exc.refused, "message": str(exc)}
@@ -425,8 +438,9 @@ def _child_main(argv: list[str]) -> int:
     except ImportError as exc:
         error = {"kind": "missing", "message": f"the converter lacks a package: {exc}"}
     except Exception as exc:
-        error = {"kind": "invalid", "message": f"{type(exc).__name__}: {exc}"}
-    (out / "error.json").write_text(json.dumps(error))
+        message = f"{type(exc).__name__}: {exc}"  # skl2onnx quotes whole attribute arrays in its messages
+        error = {"kind": "invalid", "message": message if len(message) < 2000 else f"{message[:1500]} [...]"}
+    (args.out / "error.json").write_text(json.dumps(error))
     return 3
 
 
