@@ -8,15 +8,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "job", "read_dataset"]
+__all__ = ["__version__", "job", "read_dataset", "register_model"]
 
 
 def __getattr__(name: str) -> object:
     # the SDK's functions load on first use, so `import archipel` stays light
-    if name == "read_dataset":
-        from archipel.sdk import read_dataset
+    if name in ("read_dataset", "register_model"):
+        from archipel import sdk
 
-        return read_dataset
+        return getattr(sdk, name)
     if name == "job":  # the job SDK: archipel.job.context()
         import importlib
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_dataset"]
+__all__ = ["read_dataset", "register_model"]
 
 
 def read_dataset(
@@ -29,5 +29,51 @@ def read_dataset(
         return _read(
             ws, engine, ref, at_site=site or os.environ.get("ARCHIPEL_SITE") or None, as_pandas=as_pandas
         )
+    finally:
+        engine.dispose()
+
+
+def register_model(
+    name: str,
+    model: Any,
+    *,
+    sample_input: Any,
+    site: str,
+    datasets: list[str] | None = None,
+    eval_data: tuple[Any, Any] | None = None,
+    feature_names: list[str] | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    description: str = "",
+    workspace: str | Path | None = None,
+) -> dict[str, Any]:
+    """Register a scikit-learn estimator or pipeline, a PyTorch module, or ONNX bytes/file as the next version
+    of ``name`` at ``site`` (outside a job; inside one use ``archipel.job.context().log_model``).
+
+    The conversion to ONNX is checked against the model on ``sample_input``; ``eval_data=(X, y)`` adds metrics,
+    permutation importance and the data profile to the model card; ``datasets`` are its training data (lineage and
+    residency). Returns the version as a dict (``ref``, ``version``, ``sha256``, ``metrics``, ...)."""
+    from archipel.db import connect
+    from archipel.registry.card import evaluate, permutation_importance, profile
+    from archipel.registry.convert import convert
+    from archipel.services.models import register_version
+    from archipel.workspace import load_workspace
+
+    converted = convert(model, sample_input, feature_names=feature_names)
+    card: dict[str, Any] = {}
+    found = dict(metrics or {})
+    if eval_data is not None:
+        X, y = eval_data
+        found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
+        card = {
+            "importance": permutation_importance(converted.onnx, converted.signature, X, y),
+            "profile": profile(X, converted.signature.get("feature_names")),
+        }
+    ws = load_workspace(Path(workspace) if workspace is not None else None)
+    engine = connect(ws.db_url)
+    try:
+        version = register_version(ws, engine, name, converted, site=site, datasets=datasets or [], metrics=found,
+            params=params, card=card, description=description)  # fmt: skip
+        return version.as_json()
     finally:
         engine.dispose()

@@ -171,3 +171,17 @@ def test_thirty_two_parallel_registrations_get_versions_one_to_thirty_two(
         thread.join()
     assert errors == []
     assert [v.version for v in get_model(engine, "concurrent").versions] == list(range(1, 33))
+
+
+def test_the_python_sdk_registers_outside_a_job(reg_ws: tuple[Any, Any], breast_cancer: Any) -> None:
+    import archipel
+
+    ws, engine = reg_ws
+    X, y = breast_cancer
+    out = archipel.register_model("sdk-model", _sklearn_model(X, y), sample_input=X[:32], site="onprem-frankfurt",
+        datasets=["patients-eu"], eval_data=(X[:200], y[:200]), workspace=ws.root)  # fmt: skip
+    assert out["ref"] == "sdk-model/1" and out["metrics"]["accuracy"] > 0.9
+    version = get_version(engine, "models:/sdk-model/1")
+    assert (
+        version.card["profile"]["rows"] == 200 and version.lineage["datasets"][0]["ref"] == "patients-eu@v1"
+    )
