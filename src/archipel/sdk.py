@@ -54,21 +54,13 @@ def register_model(
     permutation importance and the data profile to the model card; ``datasets`` are its training data (lineage and
     residency). Returns the version as a dict (``ref``, ``version``, ``sha256``, ``metrics``, ...)."""
     from archipel.db import connect
-    from archipel.registry.card import evaluate, permutation_importance, profile
-    from archipel.registry.convert import convert
+    from archipel.registry.card import describe
     from archipel.services.models import register_version
     from archipel.workspace import load_workspace
 
-    converted = convert(model, sample_input, feature_names=feature_names)
-    card: dict[str, Any] = {}
-    found = dict(metrics or {})
-    if eval_data is not None:
-        X, y = eval_data
-        found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
-        card = {
-            "importance": permutation_importance(converted.onnx, converted.signature, X, y),
-            "profile": profile(X, converted.signature.get("feature_names")),
-        }
+    converted, found, card = describe(
+        model, sample_input, eval_data=eval_data, feature_names=feature_names, metrics=metrics
+    )
     ws = load_workspace(Path(workspace) if workspace is not None else None)
     engine = connect(ws.db_url)
     try:

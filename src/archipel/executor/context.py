@@ -224,17 +224,11 @@ class JobContext:
         profile taken from ``sample_input``'s population when ``eval_data`` is given; the ONNX stored in this
         site's storage. The control plane then records the version with its lineage (this run, its datasets,
         code revision, site). Returns the ONNX's sha256."""
-        from archipel.registry.card import evaluate, permutation_importance, profile
-        from archipel.registry.convert import convert
+        from archipel.registry.card import describe
 
-        converted = convert(model, sample_input, feature_names=feature_names)
-        card: dict[str, Any] = {}
-        found = dict(metrics or {})
-        if eval_data is not None:
-            X, y = eval_data
-            found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
-            card["importance"] = permutation_importance(converted.onnx, converted.signature, X, y)
-            card["profile"] = profile(X, converted.signature.get("feature_names"))
+        converted, found, card = describe(
+            model, sample_input, eval_data=eval_data, feature_names=feature_names, metrics=dict(metrics or {})
+        )
         sha = hashlib.sha256(converted.onnx).hexdigest()
         key = f"models/{name}/{sha}.onnx"
         if not self.store.exists(key):

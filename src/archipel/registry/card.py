@@ -9,7 +9,7 @@ import numpy as np
 
 from archipel.registry.convert import run_onnx
 
-__all__ = ["evaluate", "permutation_importance", "profile"]
+__all__ = ["describe", "evaluate", "permutation_importance", "profile"]
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 BINS = 10
@@ -116,3 +116,26 @@ def permutation_importance(
             drops.append(base - _score(target, _predict(onnx, shuffled, signature)[0], classify))
         out[name] = {"mean": float(np.mean(drops)), "std": float(np.std(drops))}
     return dict(sorted(out.items(), key=lambda item: -item[1]["mean"]))
+
+
+def describe(
+    model: Any,
+    sample_input: Any,
+    *,
+    eval_data: tuple[Any, Any] | None = None,
+    feature_names: list[str] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """What registering a model takes: the checked ONNX conversion, its metrics (from ``eval_data`` with the
+    ONNX model, then the caller's), and its card (permutation importance and the evaluation data's profile)."""
+    from archipel.registry.convert import convert
+
+    converted = convert(model, sample_input, feature_names=feature_names)
+    found = dict(metrics or {})
+    card: dict[str, Any] = {}
+    if eval_data is not None:
+        X, y = eval_data
+        found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
+        card["importance"] = permutation_importance(converted.onnx, converted.signature, X, y)
+        card["profile"] = profile(X, converted.signature.get("feature_names"))
+    return converted, found, card
