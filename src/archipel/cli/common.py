@@ -24,6 +24,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 class State:
     workspace_path: Path | None = None
+    engines: list[Engine] = []  # noqa: RUF012 - opened by this command, disposed when it ends (see main)
 
 
 def open_workspace(explicit: Path | None = None) -> Workspace:
@@ -35,7 +36,15 @@ def open_workspace(explicit: Path | None = None) -> Workspace:
 def open_engine(workspace: Workspace) -> Engine:
     from archipel.db import connect
 
-    return connect(workspace.db_url)
+    engine = connect(workspace.db_url)
+    State.engines.append(engine)
+    return engine
+
+
+def close_engines() -> None:
+    """Dispose the engines this command opened (its pooled connections close now, not at garbage collection)."""
+    while State.engines:
+        State.engines.pop().dispose()
 
 
 def print_json(data: Any) -> None:

@@ -15,7 +15,15 @@ import typer
 if TYPE_CHECKING:
     pass
 
-from archipel.cli.common import JsonOpt, State, WorkspaceOpt, open_engine, open_workspace, print_json
+from archipel.cli.common import (
+    JsonOpt,
+    State,
+    WorkspaceOpt,
+    close_engines,
+    open_engine,
+    open_workspace,
+    print_json,
+)
 from archipel.cli.cost_cmds import cost_command
 from archipel.cli.data_cmds import audit_app, data_app, policy_app
 from archipel.cli.model_cmds import models_app, runs_compare
@@ -280,3 +288,5 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    finally:
+        close_engines()
