@@ -31,3 +31,65 @@ def serve_replica_command(
         max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, max_wait_ms=max_wait_ms
     )
     serve(ws, open_engine(ws), ref, site=site, host=host, port=port, secret_env=secret_env, config=config)
+
+
+tokens_app = typer.Typer(help="Bearer tokens: read < infer < deploy < admin.", no_args_is_help=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    scope: Annotated[str, typer.Option(help="read, infer, deploy or admin.")],
+    name: Annotated[str, typer.Option(help="What it is for.")] = "",
+    deployment: Annotated[Optional[str], typer.Option(help="Limit it to one deployment.")] = None,  # noqa: UP045
+    origin: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--origin", help="A jurisdiction the bearer may assert (X-Archipel-Origin), repeatable."
+        ),
+    ] = None,
+    ttl_days: Annotated[Optional[float], typer.Option(help="Expire after this many days.")] = None,  # noqa: UP045
+) -> None:
+    """Create a token; it is printed once (only its hash is stored)."""
+    from datetime import timedelta
+
+    from archipel.cli import render
+    from archipel.services.tokens import create_token
+
+    ws = open_workspace()
+    whole, token = create_token(ws, open_engine(ws), scope=scope, name=name, deployment=deployment,
+        origins=origin or [], ttl=timedelta(days=ttl_days) if ttl_days else None)  # fmt: skip
+    render.console().print(f"Token {token.id} ({token.scope}); shown once, store it now:", highlight=False)
+    typer.echo(whole)
+
+
+@tokens_app.command("ls")
+def tokens_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Tokens (never their secrets)."""
+    from rich.table import Table
+
+    from archipel.cli import render
+    from archipel.cli.common import print_json
+    from archipel.services.tokens import list_tokens
+
+    ws = open_workspace()
+    tokens = list_tokens(open_engine(ws))
+    if as_json:
+        print_json([t.as_json() for t in tokens])
+        return
+    table = Table("id", "name", "scope", "deployment", "origins", "created", "state")
+    for t in tokens:
+        state = "revoked" if t.revoked_at else "active"
+        table.add_row(t.id, t.name, t.scope, t.deployment or "-", ", ".join(t.origins) or "-",
+                      t.created_at.strftime("%Y-%m-%d %H:%M"), state)  # fmt: skip
+    render.console().print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id.")]) -> None:
+    """Revoke a token at once (every gateway checks the store)."""
+    from archipel.cli import render
+    from archipel.services.tokens import revoke_token
+
+    ws = open_workspace()
+    revoke_token(ws, open_engine(ws), token_id)
+    render.console().print(f"revoked {token_id}")

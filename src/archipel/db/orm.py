@@ -44,6 +44,7 @@ __all__ = [
     "RunRow",
     "RunStepRow",
     "SiteRow",
+    "TokenRow",
     "WorkspaceStateRow",
 ]
 
@@ -383,3 +384,22 @@ class ModelAliasEventRow(Base):
     previous: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TokenRow(Base):
+    """A bearer token: only the sha256 of its secret is stored; the secret is shown once, at creation."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    """read < infer < deploy < admin."""
+    deployment: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    """Limits the token to one deployment (None: all)."""
+    origins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Jurisdictions the bearer may assert with X-Archipel-Origin (empty: none may be asserted)."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
