@@ -32,7 +32,7 @@ HEAVY = [
 
 
 def test_pinned_all() -> None:
-    assert archipel.__all__ == ["__version__", "job", "read_dataset", "register_model"]
+    assert archipel.__all__ == ["Client", "__version__", "job", "read_dataset", "register_model"]
     assert callable(archipel.register_model)
     assert callable(archipel.read_dataset)
 

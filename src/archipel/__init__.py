@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "job", "read_dataset", "register_model"]
+__all__ = ["Client", "__version__", "job", "read_dataset", "register_model"]
 
 
 def __getattr__(name: str) -> object:
@@ -17,6 +17,10 @@ def __getattr__(name: str) -> object:
         from archipel import sdk
 
         return getattr(sdk, name)
+    if name == "Client":
+        from archipel.client import Client
+
+        return Client
     if name == "job":  # the job SDK: archipel.job.context()
         import importlib
 

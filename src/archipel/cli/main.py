@@ -29,7 +29,13 @@ from archipel.cli.data_cmds import audit_app, data_app, policy_app
 from archipel.cli.model_cmds import models_app, runs_compare
 from archipel.cli.plan_cmds import plan_command
 from archipel.cli.run_cmds import chaos_app, run_command, runs_app, server_command
-from archipel.cli.serve_cmds import serve_replica_command, tokens_app
+from archipel.cli.serve_cmds import (
+    deploy_command,
+    deployments_app,
+    gateway_command,
+    serve_replica_command,
+    tokens_app,
+)
 
 app = typer.Typer(
     name="archipel",
@@ -54,6 +60,9 @@ app.add_typer(models_app, name="models")
 runs_app.command("compare")(runs_compare)
 app.command("serve-replica")(serve_replica_command)
 app.add_typer(tokens_app, name="tokens")
+app.command("deploy")(deploy_command)
+app.add_typer(deployments_app, name="deployments")
+app.command("gateway")(gateway_command)
 
 
 def _print_version(value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -93,3 +94,120 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="The token's id."
     ws = open_workspace()
     revoke_token(ws, open_engine(ws), token_id)
     render.console().print(f"revoked {token_id}")
+
+
+deployments_app = typer.Typer(help="Deployments: status, rollback, down.", no_args_is_help=True)
+
+
+def deploy_command(
+    spec: Annotated[Path, typer.Argument(help="A deployment YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start (or update) a deployment: the model copied where allowed, replicas started, waits until ready."""
+    from archipel.cli.common import print_json
+    from archipel.errors import SpecError
+    from archipel.models.deployment import DeploymentSpec
+    from archipel.services.deployments import deploy
+    from archipel.spec.validate import parse_model
+    from archipel.spec.yaml_loader import load_yaml
+
+    try:
+        text = spec.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{spec}: file not found") from None
+    data, positions = load_yaml(text, str(spec))
+    parsed = parse_model(data, positions, DeploymentSpec)
+    ws = open_workspace()
+    view = deploy(ws, open_engine(ws), parsed)
+    print_json(view.as_json()) if as_json else _show(view)
+
+
+def _show(view) -> None:
+    from rich.table import Table
+
+    from archipel.cli import render
+
+    render.console().print(f"Deployment [bold]{view.name}[/]: {view.model}/{view.version} {view.state}")
+    table = Table("replica", "site", "jurisdiction", "version", "url")
+    for r in view.replicas:
+        table.add_row(str(r["id"]), r["site"], r["jurisdiction"], str(r["version"]), r["url"])
+    render.console().print(table)
+
+
+@deployments_app.command("ls")
+def deployments_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every deployment with its replicas."""
+    from archipel.cli.common import print_json
+    from archipel.services.deployments import list_deployments
+
+    ws = open_workspace()
+    views = list_deployments(open_engine(ws))
+    if as_json:
+        print_json([v.as_json() for v in views])
+    else:
+        for view in views:
+            _show(view)
+
+
+@deployments_app.command("status")
+def deployments_status(
+    name: Annotated[str, typer.Argument()], as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """One deployment's version and replicas."""
+    from archipel.cli.common import print_json
+    from archipel.services.deployments import get_deployment
+
+    ws = open_workspace()
+    view = get_deployment(open_engine(ws), name)
+    print_json(view.as_json()) if as_json else _show(view)
+
+
+@deployments_app.command("rollback")
+def deployments_rollback(name: Annotated[str, typer.Argument()]) -> None:
+    """Serve the previous version again (new replicas first, then the current ones stop)."""
+    from archipel.services.deployments import rollback_deployment
+
+    ws = open_workspace()
+    _show(rollback_deployment(ws, open_engine(ws), name))
+
+
+@deployments_app.command("down")
+def deployments_down(name: Annotated[str, typer.Argument()]) -> None:
+    """Stop every replica of a deployment (their hours go to the ledger)."""
+    from archipel.services.deployments import down
+
+    ws = open_workspace()
+    _show(down(ws, open_engine(ws), name))
+
+
+def gateway_command(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one; printed as LISTENING PORT).")] = 8080,
+    health_interval_s: Annotated[
+        float, typer.Option(help="Seconds between health checks of each replica.")
+    ] = 1.0,
+    base_ejection_s: Annotated[
+        float, typer.Option(help="Ejection time after 5 consecutive failures (x times).")
+    ] = 30.0,
+) -> None:
+    """The front door: OIP v2 routes, bearer tokens, residency-aware routing, retries and failover."""
+    import socket
+
+    import uvicorn
+
+    from archipel.serving.gateway import Gateway, GatewayConfig
+
+    ws = open_workspace()
+    app = Gateway(
+        ws,
+        open_engine(ws),
+        GatewayConfig(health_interval_s=health_interval_s, base_ejection_s=base_ejection_s),
+    )
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on"
+    )
+    uvicorn.Server(config).run(sockets=[sock])

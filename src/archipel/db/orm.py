@@ -33,12 +33,14 @@ __all__ = [
     "DatasetReplicaRow",
     "DatasetRow",
     "DatasetVersionRow",
+    "DeploymentRow",
     "LeaseRow",
     "ModelAliasEventRow",
     "ModelAliasRow",
     "ModelReplicaRow",
     "ModelRow",
     "ModelVersionRow",
+    "ReplicaRow",
     "RunAttemptRow",
     "RunMetricRow",
     "RunRow",
@@ -403,3 +405,38 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class DeploymentRow(Base):
+    """A deployment: its spec and the model version it pinned."""
+
+    __tablename__ = "deployments"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    """ready, degraded, down."""
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReplicaRow(Base):
+    """One model server of a deployment, at a site: where gateways send its traffic."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(ForeignKey("deployments.name", ondelete="CASCADE"), index=True)
+    site: Mapped[str] = mapped_column(String(63))
+    jurisdiction: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    """running or stopped."""
+    hourly_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,43 @@
+"""Deployments as users write them (``archipel deploy FILE``): a model alias served at sites behind the gateway."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from archipel.models.common import Name, StrictModel
+
+__all__ = ["Batching", "DeploymentSpec", "Replicas"]
+
+
+class Replicas(StrictModel):
+    min: int = Field(1, ge=0, le=64)
+    """Replicas per site."""
+    max: int = Field(1, ge=1, le=64)
+
+
+class Batching(StrictModel):
+    max_batch: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+
+class DeploymentSpec(StrictModel):
+    """A model served at one or more sites."""
+
+    name: Name
+    model: str
+    """NAME@ALIAS (or NAME/N); the version behind an alias is pinned when deployed."""
+    sites: list[Name] | Literal["auto"] = "auto"
+    """Where replicas run; auto: every site the model's training data allows it to be copied to."""
+    replicas: Replicas = Field(default_factory=Replicas)
+    batching: Batching = Field(default_factory=Batching)
+    prefer_local: bool = True
+    """Route a request to a replica in its origin's jurisdiction when one is ready."""
+
+    @field_validator("model")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if "@" not in value and "/" not in value:
+            raise ValueError(f"model {value!r}: write NAME@ALIAS or NAME/N")
+        return value

@@ -1,0 +1,239 @@
+"""``archipel deploy``: a model version served at sites, each replica a model server launched through the site's
+compute backend (so it is supervised, logged and cancelled like any job), listening on loopback.
+
+Deploying pins the version behind the alias, copies it to every chosen site (a ``derive_export`` decision of the
+policy engine, so a model never runs where its training data forbids), starts the replicas, waits until each
+answers ``/v2/health/ready`` and records them; gateways read the replicas from the metadata store. Updating to a
+new version starts the new replicas first and stops the old ones once the new ones are ready (no request sees a
+missing replica); rolling back is an update to the previous version. ``down`` stops every replica. Replica-hours
+go to the cost ledger when a replica stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from archipel.backends.compute.base import LaunchRequest, Resources
+from archipel.cost.ledger import add_entry
+from archipel.db.engine import session_scope
+from archipel.db.orm import DeploymentRow, ReplicaRow
+from archipel.db.types import utcnow
+from archipel.errors import ArchipelError, NotFound, SiteUnavailable
+from archipel.models.deployment import DeploymentSpec
+from archipel.policy.audit import AuditLog
+from archipel.policy.engine import Place, evaluate
+from archipel.services.models import VersionView, get_version, replicate_model
+from archipel.workspace import Workspace
+
+__all__ = ["DeploymentView", "deploy", "down", "get_deployment", "list_deployments", "rollback_deployment"]
+
+READY_TIMEOUT_S = 90.0
+_LISTENING = re.compile(r"LISTENING (\d+)")
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    name: str
+    model: str
+    version: int
+    state: str
+    spec: dict[str, Any]
+    replicas: list[dict[str, Any]]
+    previous_version: int | None
+    updated_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "updated_at": self.updated_at.isoformat()}
+
+
+def _view(session: Any, row: DeploymentRow) -> DeploymentView:
+    replicas = session.scalars(
+        select(ReplicaRow)
+        .where(ReplicaRow.deployment == row.name, ReplicaRow.state == "running")
+        .order_by(ReplicaRow.id)
+    )
+    return DeploymentView(
+        row.name, row.model, row.version, row.state, dict(row.spec),
+        [{"id": r.id, "site": r.site, "jurisdiction": r.jurisdiction, "version": r.version, "url": r.url,
+          "job_id": r.job_id} for r in replicas],
+        row.previous_version, row.updated_at,
+    )  # fmt: skip
+
+
+def list_deployments(engine: Engine) -> list[DeploymentView]:
+    with session_scope(engine) as session:
+        return [
+            _view(session, r) for r in session.scalars(select(DeploymentRow).order_by(DeploymentRow.name))
+        ]
+
+
+def get_deployment(engine: Engine, name: str) -> DeploymentView:
+    with session_scope(engine) as session:
+        row = session.get(DeploymentRow, name)
+        if row is None:
+            raise NotFound(f"no deployment {name!r}")
+        return _view(session, row)
+
+
+def _sites(workspace: Workspace, spec: DeploymentSpec, version: VersionView) -> list[str]:
+    if spec.sites != "auto":
+        return list(spec.sites)
+    allowed = []
+    for site in workspace.spec.sites:
+        place = Place.of(site, workspace.site(site))
+        decisions = [
+            evaluate("derive_export", s, place, rules=workspace.spec.policies) for s in version.subjects()
+        ]
+        if all(d.allowed for d in decisions):
+            allowed.append(site)
+    return allowed
+
+
+def _start_replica(
+    workspace: Workspace, name: str, version: VersionView, site: str, spec: DeploymentSpec
+) -> dict:
+    compute = workspace.compute(site)
+    argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), "serve-replica", version.ref,
+            "--site", site, "--port", "0", "--max-batch", str(spec.batching.max_batch),
+            "--max-wait-ms", str(spec.batching.max_wait_ms)]  # fmt: skip
+    job_id = compute.launch(
+        LaunchRequest(
+            argv, name=f"replica-{name}-{site}", resources=Resources(cpus=0.5), labels={"deployment": name}
+        )
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    port = None
+    while time.monotonic() < deadline:
+        text, _ = compute.logs(job_id)
+        if port is None and (m := _LISTENING.search(text)):
+            port = int(m[1])
+        if port is not None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=1
+                ) as response:
+                    if response.status == 200:
+                        return {"site": site, "url": f"http://127.0.0.1:{port}", "job_id": job_id}
+            except OSError:
+                pass
+        if compute.status(job_id).state.terminal:
+            raise SiteUnavailable(f"the replica of {name} at {site} exited: {text[-500:]}")
+        time.sleep(0.1)
+    compute.cancel(job_id, grace_s=1)
+    raise SiteUnavailable(f"the replica of {name} at {site} was not ready within {READY_TIMEOUT_S:g} s")
+
+
+def _stop(workspace: Workspace, engine: Engine, replicas: list[ReplicaRow | dict[str, Any]]) -> None:
+    """Stop replicas (jobs cancelled), and charge their hours to the ledger."""
+    for replica in replicas:
+        r = (
+            replica
+            if isinstance(replica, dict)
+            else {c: getattr(replica, c) for c in ("id", "site", "job_id")}
+        )
+        with contextlib.suppress(ArchipelError):
+            workspace.compute(r["site"]).cancel(r["job_id"], grace_s=2)
+        with session_scope(engine) as session:
+            row = session.get(ReplicaRow, r["id"])
+            if row is None or row.state != "running":
+                continue
+            row.state, row.stopped_at = "stopped", utcnow()
+            hours = (row.stopped_at - row.started_at).total_seconds() / 3600
+            add_entry(session, kind="serving", site=row.site, provider=workspace.site(row.site).provider,
+                quantity=hours, unit="h", unit_price_usd=row.hourly_usd, tags={"deployment": row.deployment},
+                deployment_id=row.deployment, description=f"replica {row.id} of {row.deployment}")  # fmt: skip
+
+
+def _hourly(workspace: Workspace, site: str) -> float:
+    pricing = workspace.site(site).pricing
+    if pricing is not None and pricing.cpu_hour:
+        return 0.5 * pricing.cpu_hour  # a replica reserves half a cpu
+    return 0.0
+
+
+def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> DeploymentView:
+    """Create or update ``spec.name``; see the module docstring."""
+    version = get_version(engine, spec.model)
+    sites = _sites(workspace, spec, version)
+    if not sites:
+        raise NotFound(f"no site may serve {version.ref}: its training data allows no copy anywhere")
+    for site in sites:  # policy-checked copies first: a refusal stops the deploy before anything starts
+        replicate_model(workspace, engine, version.ref, site)
+    started: list[dict[str, Any]] = []
+    try:
+        for site in sites:
+            for _ in range(max(1, spec.replicas.min)):
+                started.append(_start_replica(workspace, spec.name, version, site, spec))
+    except ArchipelError:
+        for r in started:
+            workspace.compute(r["site"]).cancel(r["job_id"], grace_s=1)
+        raise
+    with session_scope(engine) as session:
+        row = session.get(DeploymentRow, spec.name)
+        old = list(
+            session.scalars(
+                select(ReplicaRow).where(ReplicaRow.deployment == spec.name, ReplicaRow.state == "running")
+            )
+        )
+        old_ids = [{"id": r.id, "site": r.site, "job_id": r.job_id} for r in old]
+        if row is None:
+            row = DeploymentRow(name=spec.name, spec=spec.model_dump(mode="json"), model=version.model,
+                                version=version.version, state="ready")  # fmt: skip
+            session.add(row)
+        else:
+            if row.version != version.version:
+                row.previous_version = row.version
+            row.spec, row.model, row.version, row.state, row.updated_at = (
+                spec.model_dump(mode="json"),
+                version.model,
+                version.version,
+                "ready",
+                utcnow(),
+            )
+        for r in started:
+            jurisdiction = workspace.site(r["site"]).jurisdiction
+            session.add(ReplicaRow(deployment=spec.name, site=r["site"], jurisdiction=jurisdiction,
+                version=version.version, url=r["url"], job_id=r["job_id"], state="running",
+                hourly_usd=_hourly(workspace, r["site"])))  # fmt: skip
+    _stop(
+        workspace, engine, old_ids
+    )  # the new replicas are ready and recorded: gateways switch, then the old stop
+    AuditLog(engine, workspace.state_dir).record(action="deployment.deploy", subject=spec.name, sites=sites,
+        outcome="done", reason=f"{version.ref} on {len(started)} replicas")  # fmt: skip
+    return get_deployment(engine, spec.name)
+
+
+def rollback_deployment(workspace: Workspace, engine: Engine, name: str) -> DeploymentView:
+    current = get_deployment(engine, name)
+    if current.previous_version is None:
+        raise NotFound(f"deployment {name} has no previous version")
+    spec = DeploymentSpec.model_validate(
+        {**current.spec, "model": f"{current.model}/{current.previous_version}"}
+    )
+    return deploy(workspace, engine, spec)
+
+
+def down(workspace: Workspace, engine: Engine, name: str) -> DeploymentView:
+    with session_scope(engine) as session:
+        row = session.get(DeploymentRow, name)
+        if row is None:
+            raise NotFound(f"no deployment {name!r}")
+        running = select(ReplicaRow).where(ReplicaRow.deployment == name, ReplicaRow.state == "running")
+        replicas = [{"id": r.id, "site": r.site, "job_id": r.job_id} for r in session.scalars(running)]
+    _stop(workspace, engine, replicas)
+    with session_scope(engine) as session:
+        row = session.get(DeploymentRow, name)
+        assert row is not None
+        row.state, row.updated_at = "down", utcnow()
+    AuditLog(engine, workspace.state_dir).record(action="deployment.down", subject=name, outcome="done",
+                                                 reason=f"stopped {len(replicas)} replicas")  # fmt: skip
+    return get_deployment(engine, name)
