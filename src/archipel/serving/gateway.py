@@ -238,7 +238,8 @@ class Gateway:
         if origin is not None and origin not in token.origins:
             self._refusal(token, origin)
             return await _json(send, 403, {"error": f"token {token.id} may not assert origin {origin}"})
-        allowed = self._allowed(deployment, token, origin)
+        # residency governs answers computed from the model; its metadata may come from any replica
+        allowed = self._allowed(deployment, token, origin) if method == "POST" else list(deployment.replicas)
         if not allowed:
             return await _json(
                 send, 503, {"error": f"no replica of {deployment.name} may serve this origin now"}
