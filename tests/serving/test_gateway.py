@@ -102,6 +102,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engine.dispose()
 
 
+def test_prometheus_targets_list_every_replica_across_sites(stack: Stack) -> None:
+    import json
+
+    groups = json.loads((stack.ws.state_dir / "prometheus" / "archipel-replicas.json").read_text())
+    sites = sorted((g["labels"]["deployment"], g["labels"]["site"]) for g in groups)
+    assert sites == [("cancer", "aws-us-east-1"), ("cancer", "gcp-europe-west4"),
+                     ("cancer-eu", "gcp-europe-west4"), ("cancer-eu", "onprem-frankfurt")]  # fmt: skip
+    for group in groups:  # each target answers with Prometheus text
+        assert "archipel_inference_in_flight" in httpx.get(f"http://{group['targets'][0]}/metrics").text
+
+
 def _infer_body(X: np.ndarray) -> dict[str, Any]:
     return {
         "inputs": [

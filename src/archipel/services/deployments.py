@@ -12,12 +12,15 @@ go to the cost ledger when a replica stops.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -34,7 +37,15 @@ from archipel.policy.engine import Place, evaluate
 from archipel.services.models import VersionView, get_version, replicate_model
 from archipel.workspace import Workspace
 
-__all__ = ["DeploymentView", "deploy", "down", "get_deployment", "list_deployments", "rollback_deployment"]
+__all__ = [
+    "DeploymentView",
+    "deploy",
+    "down",
+    "get_deployment",
+    "list_deployments",
+    "rollback_deployment",
+    "write_scrape_targets",
+]
 
 READY_TIMEOUT_S = 90.0
 _LISTENING = re.compile(r"LISTENING (\d+)")
@@ -160,6 +171,25 @@ def _hourly(workspace: Workspace, site: str) -> float:
     return 0.0
 
 
+def write_scrape_targets(workspace: Workspace, engine: Engine) -> Path:
+    """Prometheus ``file_sd`` targets for every running replica, across sites (rewritten atomically)."""
+    groups = []
+    for view in list_deployments(engine):
+        for replica in view.replicas:
+            groups.append({
+                "targets": [replica["url"].removeprefix("http://")],
+                "labels": {"deployment": view.name, "site": replica["site"], "jurisdiction": replica["jurisdiction"],
+                           "model": view.model, "version": str(replica["version"])},
+            })  # fmt: skip
+    folder = workspace.state_dir / "prometheus"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "archipel-replicas.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> DeploymentView:
     """Create or update ``spec.name``; see the module docstring."""
     version = get_version(engine, spec.model)
@@ -207,6 +237,7 @@ def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> Deploy
     _stop(
         workspace, engine, old_ids
     )  # the new replicas are ready and recorded: gateways switch, then the old stop
+    write_scrape_targets(workspace, engine)
     AuditLog(engine, workspace.state_dir).record(action="deployment.deploy", subject=spec.name, sites=sites,
         outcome="done", reason=f"{version.ref} on {len(started)} replicas")  # fmt: skip
     return get_deployment(engine, spec.name)
@@ -234,6 +265,7 @@ def down(workspace: Workspace, engine: Engine, name: str) -> DeploymentView:
         row = session.get(DeploymentRow, name)
         assert row is not None
         row.state, row.updated_at = "down", utcnow()
+    write_scrape_targets(workspace, engine)
     AuditLog(engine, workspace.state_dir).record(action="deployment.down", subject=name, outcome="done",
                                                  reason=f"stopped {len(replicas)} replicas")  # fmt: skip
     return get_deployment(engine, name)
