@@ -159,3 +159,32 @@ def test_a_replica_without_a_secret_refuses_to_bind_beyond_loopback(served_model
     proc = start_replica(served_model[0], extra=("--host", "0.0.0.0"))
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "needs a shared secret" in err
+
+
+def test_samples_with_predictions_stay_in_the_sites_own_storage(served_model: Any) -> None:
+    from archipel.data.ingest import read_parquet
+    from archipel.workspace import load_workspace
+    from tests.serving.conftest import start_replica, stop, wait_listening
+
+    root, X, model, names = served_model
+    proc = start_replica(root, extra=("--sample-rate", "1.0"))
+    port = wait_listening(proc)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for i in range(20):
+            assert (
+                client.post("/v2/models/cancer/infer", json=_tensor(X[i * 3 : i * 3 + 3])).status_code == 200
+            )
+    stop(proc)  # SIGTERM: the replica flushes what it kept before it exits
+    store = load_workspace(root).storage("gcp-europe-west4")
+    keys = [info.key for info in store.list("samples/cancer/1/gcp-europe-west4/")]
+    assert keys, "no samples were written"
+    tables = [read_parquet(store.get(key)).to_pandas() for key in keys]
+    import pandas as pd
+
+    samples = pd.concat(tables).sort_values("at", kind="stable")
+    assert len(samples) == 60 and samples["request_id"].nunique() == 20
+    np.testing.assert_allclose(samples[names].to_numpy(), X[:60], rtol=0, atol=0)
+    assert samples["output_label"].tolist() == model.predict(X[:60]).tolist()
+    assert {"output_probabilities_0", "output_probabilities_1"} <= set(samples.columns)
+    for other in ("aws-us-east-1", "onprem-frankfurt"):  # nothing left the site
+        assert not list(load_workspace(root).storage(other).list("samples/"))

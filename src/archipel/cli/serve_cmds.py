@@ -22,6 +22,9 @@ def serve_replica_command(
     max_batch: Annotated[int, typer.Option(help="Most rows per model call.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body.")] = 8.0,
+    sample_rate: Annotated[
+        float, typer.Option(help="Share of requests kept, with predictions, in the site's storage.")
+    ] = 0.0,
 ) -> None:
     """Serve one model version with the Open Inference Protocol v2 (REST) until interrupted."""
     from archipel.serving.replica import serve
@@ -31,7 +34,8 @@ def serve_replica_command(
     config = ServerConfig(
         max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, max_wait_ms=max_wait_ms
     )
-    serve(ws, open_engine(ws), ref, site=site, host=host, port=port, secret_env=secret_env, config=config)
+    serve(ws, open_engine(ws), ref, site=site, host=host, port=port, secret_env=secret_env, config=config,
+          sample_rate=sample_rate)  # fmt: skip
 
 
 tokens_app = typer.Typer(help="Bearer tokens: read < infer < deploy < admin.", no_args_is_help=True)

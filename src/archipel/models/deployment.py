@@ -32,6 +32,9 @@ class DeploymentSpec(StrictModel):
     """Where replicas run; auto: every site the model's training data allows it to be copied to."""
     replicas: Replicas = Field(default_factory=Replicas)
     batching: Batching = Field(default_factory=Batching)
+    sample_rate: float = Field(0.05, ge=0, le=1)
+    """Share of requests kept with their predictions in each replica's own site storage (for drift monitoring);
+    0 turns sampling off."""
     prefer_local: bool = True
     """Route a request to a replica in its origin's jurisdiction when one is ready."""
 

@@ -115,7 +115,7 @@ def _start_replica(
     compute = workspace.compute(site)
     argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), "serve-replica", version.ref,
             "--site", site, "--port", "0", "--max-batch", str(spec.batching.max_batch),
-            "--max-wait-ms", str(spec.batching.max_wait_ms)]  # fmt: skip
+            "--max-wait-ms", str(spec.batching.max_wait_ms), "--sample-rate", str(spec.sample_rate)]  # fmt: skip
     job_id = compute.launch(
         LaunchRequest(
             argv, name=f"replica-{name}-{site}", resources=Resources(cpus=0.5), labels={"deployment": name}

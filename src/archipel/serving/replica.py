@@ -62,7 +62,7 @@ def build_server(
 
 def serve(
     workspace: Workspace, engine: Engine, ref: str, *, site: str, host: str, port: int, secret_env: str | None,
-    config: ServerConfig,
+    config: ServerConfig, sample_rate: float = 0.0, sample_prefix: str | None = None,
 ) -> None:  # fmt: skip
     """Run a replica of ``ref`` from ``site``'s storage until interrupted; prints ``LISTENING port`` once ready."""
     import socket
@@ -80,6 +80,13 @@ def serve(
     app = build_server(
         onnx_bytes(workspace, version, site), version.model, str(version.version), version.signature, config
     )
+    if sample_rate > 0:  # samples stay in this site's own storage
+        from archipel.serving.sampling import Sampler
+
+        prefix = sample_prefix or f"samples/{version.model}/{version.version}/{site}"
+        app.sampler = Sampler(
+            workspace.storage(site), prefix, sample_rate, version.signature.get("feature_names")
+        )
     engine.dispose()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -30,6 +30,7 @@ import orjson
 
 from archipel.serving.metrics import Metrics
 from archipel.serving.oip import BadRequest, ModelInfo, infer_response, metadata, parse_infer
+from archipel.serving.sampling import Sampler
 
 __all__ = ["Batcher", "ModelServer", "ServerConfig"]
 
@@ -118,6 +119,7 @@ class ModelServer:
     predict: Callable[[np.ndarray], dict[str, np.ndarray]]
     config: ServerConfig = field(default_factory=ServerConfig)
     metrics: Metrics = field(default_factory=Metrics)
+    sampler: Sampler | None = None
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.predict, self.config.max_batch, self.config.max_wait_ms, self.metrics)
@@ -130,6 +132,8 @@ class ModelServer:
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
+            if self.sampler is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.sampler.flush)
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":
@@ -204,6 +208,12 @@ class ModelServer:
                         send, 500, {"error": f"inference failed: {type(exc).__name__}"}, extra
                     )
             await self._json(send, 200, infer_response(self.info, outputs, given_id or request_id), extra)
+            if (
+                self.sampler is not None
+                and len(rows)
+                and self.sampler.add(rows, outputs, given_id or request_id)
+            ):
+                asyncio.get_running_loop().run_in_executor(None, self.sampler.flush)
         finally:
             self.metrics.in_flight -= 1
             self.metrics.request(self.info.name, self.info.version, status, time.perf_counter() - started)
