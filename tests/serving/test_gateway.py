@@ -285,3 +285,46 @@ def test_failover_under_load_drops_no_request(stack: Stack, tmp_path: Path) -> N
     assert len(results) > 100 and failed == []
     assert ejected_after <= HEALTH_S + 0.5 + 0.5  # one interval + the check's timeout, plus scheduling slack
     assert readmitted_after <= EJECT_S + 2 * HEALTH_S + 0.5
+
+
+def test_a_rolling_update_and_a_rollback_under_load_drop_no_request(stack: Stack) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from archipel.models.deployment import DeploymentSpec
+    from archipel.registry.convert import convert
+    from archipel.services.deployments import deploy, get_deployment, rollback_deployment
+    from archipel.services.models import register_version
+
+    y = (stack.X[:, 0] > np.median(stack.X[:, 0])).astype(int)
+    converted = convert(LogisticRegression(max_iter=200).fit(stack.X, y), stack.X[:32])
+    v2 = register_version(
+        stack.ws, stack.engine, "cancer", converted, site="onprem-frankfurt", datasets=["patients-pii"]
+    )
+    results: list[int] = []
+    stop_load = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=stack.gateway, headers=_h(stack.tokens["eu"], "EU"), timeout=10) as client:
+            while not stop_load.is_set():
+                results.append(
+                    client.post("/v2/models/cancer-eu/infer", json=_infer_body(stack.X[:2])).status_code
+                )
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        sites = ["onprem-frankfurt", "gcp-europe-west4"]
+        updated = deploy(stack.ws, stack.engine, DeploymentSpec(name="cancer-eu", model=v2.ref, sites=sites))
+        assert updated.version == v2.version and {r["version"] for r in updated.replicas} == {v2.version}
+        rolled = rollback_deployment(stack.ws, stack.engine, "cancer-eu")
+        assert rolled.version == 1 and {r["version"] for r in rolled.replicas} == {1}
+        time.sleep(1.5)
+    finally:
+        stop_load.set()
+        for t in threads:
+            t.join()
+    failed = [s for s in results if s != 200]
+    print(f"\nrolling update + rollback: {len(results)} requests, {len(failed)} failed")
+    assert len(results) > 100 and failed == []
+    assert get_deployment(stack.engine, "cancer-eu").previous_version == v2.version

@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S = 90.0
+DRAIN_S = 2.5
+"""Between recording new replicas and stopping old ones: longer than a gateway's table refresh (1 s) plus a
+request's time, so no gateway sends to a replica that is already gone."""
 _LISTENING = re.compile(r"LISTENING (\d+)")
 
 
@@ -234,9 +237,9 @@ def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> Deploy
             session.add(ReplicaRow(deployment=spec.name, site=r["site"], jurisdiction=jurisdiction,
                 version=version.version, url=r["url"], job_id=r["job_id"], state="running",
                 hourly_usd=_hourly(workspace, r["site"])))  # fmt: skip
-    _stop(
-        workspace, engine, old_ids
-    )  # the new replicas are ready and recorded: gateways switch, then the old stop
+    if old_ids:  # the new replicas are ready and recorded; gateways re-read the table, then the old ones stop
+        time.sleep(DRAIN_S)
+    _stop(workspace, engine, old_ids)
     write_scrape_targets(workspace, engine)
     AuditLog(engine, workspace.state_dir).record(action="deployment.deploy", subject=spec.name, sites=sites,
         outcome="done", reason=f"{version.ref} on {len(started)} replicas")  # fmt: skip
