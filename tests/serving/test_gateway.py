@@ -296,7 +296,7 @@ def test_a_rolling_update_and_a_rollback_under_load_drop_no_request(stack: Stack
     from archipel.services.models import register_version
 
     y = (stack.X[:, 0] > np.median(stack.X[:, 0])).astype(int)
-    converted = convert(LogisticRegression(max_iter=200).fit(stack.X, y), stack.X[:32])
+    converted = convert(LogisticRegression(max_iter=5000).fit(stack.X / stack.X.max(axis=0), y), stack.X[:32])
     v2 = register_version(
         stack.ws, stack.engine, "cancer", converted, site="onprem-frankfurt", datasets=["patients-pii"]
     )
@@ -328,3 +328,35 @@ def test_a_rolling_update_and_a_rollback_under_load_drop_no_request(stack: Stack
     print(f"\nrolling update + rollback: {len(results)} requests, {len(failed)} failed")
     assert len(results) > 100 and failed == []
     assert get_deployment(stack.engine, "cancer-eu").previous_version == v2.version
+
+
+def test_a_canary_takes_its_share_of_the_traffic(stack: Stack) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from archipel.models.deployment import DeploymentSpec
+    from archipel.registry.convert import convert
+    from archipel.services.deployments import deploy, down
+    from archipel.services.models import register_version
+
+    y = (stack.X[:, 1] > np.median(stack.X[:, 1])).astype(int)
+    converted = convert(LogisticRegression(max_iter=5000).fit(stack.X / stack.X.max(axis=0), y), stack.X[:32])
+    canary = register_version(
+        stack.ws, stack.engine, "cancer", converted, site="onprem-frankfurt", datasets=["patients-pii"]
+    )
+    spec = DeploymentSpec.model_validate({"name": "cancer-canary", "model": "cancer/1", "sites": ["gcp-europe-west4"],
+                                          "canary": {"model": canary.ref, "weight": 0.3}})  # fmt: skip
+    deployed = deploy(stack.ws, stack.engine, spec)
+    assert sorted(r["version"] for r in deployed.replicas) == [1, canary.version]
+    try:
+        time.sleep(1.5)  # the gateway re-reads its table
+        versions = []
+        with httpx.Client(base_url=stack.gateway, headers=_h(stack.tokens["eu"], "EU")) as client:
+            for _ in range(300):
+                r = client.post("/v2/models/cancer-canary/infer", json=_infer_body(stack.X[:1]))
+                assert r.status_code == 200
+                versions.append(r.json()["model_version"])
+        share = versions.count(str(canary.version)) / len(versions)
+        print(f"\ncanary share: {share:.2f} of {len(versions)} (weight 0.3)")
+        assert 0.2 <= share <= 0.4  # 300 draws at p=0.3: 0.2-0.4 holds with probability > 0.999
+    finally:
+        down(stack.ws, stack.engine, "cancer-canary")

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from archipel.models.common import Name, StrictModel
 
-__all__ = ["Batching", "DeploymentSpec", "Replicas"]
+__all__ = ["Batching", "Canary", "DeploymentSpec", "Replicas"]
 
 
 class Replicas(StrictModel):
@@ -22,6 +22,15 @@ class Batching(StrictModel):
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
 
 
+class Canary(StrictModel):
+    """A second version taking a share of the traffic, at the same sites."""
+
+    model: str
+    """NAME/N or NAME@ALIAS of the canary version."""
+    weight: float = Field(gt=0, lt=1)
+    """Share of requests it serves (among the replicas a request may use)."""
+
+
 class DeploymentSpec(StrictModel):
     """A model served at one or more sites."""
 
@@ -32,6 +41,7 @@ class DeploymentSpec(StrictModel):
     """Where replicas run; auto: every site the model's training data allows it to be copied to."""
     replicas: Replicas = Field(default_factory=Replicas)
     batching: Batching = Field(default_factory=Batching)
+    canary: Canary | None = None
     sample_rate: float = Field(0.05, ge=0, le=1)
     """Share of requests kept with their predictions in each replica's own site storage (for drift monitoring);
     0 turns sampling off."""

@@ -30,7 +30,7 @@ from archipel.cost.ledger import add_entry
 from archipel.db.engine import session_scope
 from archipel.db.orm import DeploymentRow, ReplicaRow
 from archipel.db.types import utcnow
-from archipel.errors import ArchipelError, NotFound, SiteUnavailable
+from archipel.errors import ArchipelError, NotFound, SiteUnavailable, SpecError
 from archipel.models.deployment import DeploymentSpec
 from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, evaluate
@@ -201,11 +201,23 @@ def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> Deploy
         raise NotFound(f"no site may serve {version.ref}: its training data allows no copy anywhere")
     for site in sites:  # policy-checked copies first: a refusal stops the deploy before anything starts
         replicate_model(workspace, engine, version.ref, site)
+    canary = get_version(engine, spec.canary.model) if spec.canary is not None else None
+    if canary is not None:
+        if canary.model != version.model:
+            raise SpecError(f"the canary {canary.ref} is not a version of {version.model}")
+        for site in sites:
+            replicate_model(workspace, engine, canary.ref, site)
     started: list[dict[str, Any]] = []
     try:
         for site in sites:
             for _ in range(max(1, spec.replicas.min)):
-                started.append(_start_replica(workspace, spec.name, version, site, spec))
+                started.append(
+                    {**_start_replica(workspace, spec.name, version, site, spec), "version": version.version}
+                )
+            if canary is not None:
+                started.append(
+                    {**_start_replica(workspace, spec.name, canary, site, spec), "version": canary.version}
+                )
     except ArchipelError:
         for r in started:
             workspace.compute(r["site"]).cancel(r["job_id"], grace_s=1)
@@ -235,7 +247,7 @@ def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> Deploy
         for r in started:
             jurisdiction = workspace.site(r["site"]).jurisdiction
             session.add(ReplicaRow(deployment=spec.name, site=r["site"], jurisdiction=jurisdiction,
-                version=version.version, url=r["url"], job_id=r["job_id"], state="running",
+                version=r["version"], url=r["url"], job_id=r["job_id"], state="running",
                 hourly_usd=_hourly(workspace, r["site"])))  # fmt: skip
     if old_ids:  # the new replicas are ready and recorded; gateways re-read the table, then the old ones stop
         time.sleep(DRAIN_S)

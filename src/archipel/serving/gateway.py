@@ -74,6 +74,7 @@ class _Replica:
     site: str
     jurisdiction: str
     url: str
+    version: int = 0
     in_flight: int = 0
     failures: int = 0
     ejections: int = 0
@@ -93,6 +94,8 @@ class _Deployment:
     prefer_local: bool
     subjects: list[Subject]
     replicas: list[_Replica] = field(default_factory=list)
+    canary_version: int | None = None
+    canary_weight: float = 0.0
 
 
 class Gateway:
@@ -153,12 +156,18 @@ class Gateway:
             replicas = list(session.scalars(select(ReplicaRow).where(ReplicaRow.state == "running")))
         for row in rows:
             version = get_version(self.engine, f"{row.model}/{row.version}")
+            subjects, canary_version, weight = version.subjects(), None, 0.0
+            canary = row.spec.get("canary")
+            if canary:  # the canary's training data governs its answers too
+                other = get_version(self.engine, canary["model"])
+                canary_version, weight = other.version, float(canary["weight"])
+                subjects = subjects + other.subjects()
             table[row.name] = _Deployment(row.name, row.model, row.version, bool(row.spec.get("prefer_local", True)),
-                                          version.subjects())  # fmt: skip
+                                          subjects, canary_version=canary_version, canary_weight=weight)  # fmt: skip
         for r in replicas:
             if r.deployment in table:
                 table[r.deployment].replicas.append(
-                    _Replica(r.id, r.deployment, r.site, r.jurisdiction, r.url)
+                    _Replica(r.id, r.deployment, r.site, r.jurisdiction, r.url, version=r.version)
                 )
         return table
 
@@ -308,14 +317,17 @@ class Gateway:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _pick(
-        self, candidates: list[_Replica], origin: str | None, prefer_local: bool, tried: set[int]
-    ) -> _Replica | None:
+    def _pick(self, deployment: _Deployment, candidates: list[_Replica], origin: str | None,
+              tried: set[int]) -> _Replica | None:  # fmt: skip
         now = time.monotonic()
         usable = [r for r in candidates if r.id not in tried and r.usable(now)]
+        if deployment.canary_version is not None:  # a weighted coin picks the canary or the stable version
+            canary = random.random() < deployment.canary_weight
+            chosen = [r for r in usable if (r.version == deployment.canary_version) == canary]
+            usable = chosen or usable  # one side has no usable replica: the other serves
         if not usable:
             return None
-        if prefer_local and origin is not None:
+        if deployment.prefer_local and origin is not None:
             local = [r for r in usable if within(r.jurisdiction, origin)]
             usable = local or usable
         return min(usable, key=lambda r: (r.in_flight, random.random()))
@@ -326,7 +338,7 @@ class Gateway:
         tried: set[int] = set()
         last_error = "no replica is ready"
         for attempt in range(self.config.retries + 1):
-            replica = self._pick(allowed, origin, deployment.prefer_local, tried)
+            replica = self._pick(deployment, allowed, origin, tried)
             if replica is None:
                 break
             tried.add(replica.id)
