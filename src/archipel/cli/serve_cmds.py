@@ -20,7 +20,9 @@ def serve_replica_command(
         typer.Option(help="Variable holding the secret gateways send (X-Archipel-Replica-Secret)."),
     ] = None,
     max_batch: Annotated[int, typer.Option(help="Most rows per model call.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 2.0,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Longest wait for a batch to fill (0: batch what is queued).")
+    ] = 0.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body.")] = 8.0,
     sample_rate: Annotated[
         float, typer.Option(help="Share of requests kept, with predictions, in the site's storage.")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine
 
 from archipel.errors import SpecError
 from archipel.serving.oip import ModelInfo
 from archipel.serving.server import ModelServer, ServerConfig
-from archipel.workspace import Workspace
+
+if TYPE_CHECKING:  # a replica's start-up should not pay for the metadata store's imports unless it needs them
+    from sqlalchemy import Engine
+
+    from archipel.workspace import Workspace
 
 __all__ = ["build_server", "check_bind", "serve"]
 

@@ -44,7 +44,8 @@ _JSON = [(b"content-type", b"application/json")]
 class ServerConfig:
     max_body_bytes: int = 8 * 2**20
     max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
+    """0: batch what is already queued, never wait (see Batcher._run)."""
     secret: str | None = None
     """Shared with the gateways; None means loopback-only (enforced by whoever binds the socket)."""
 
@@ -68,26 +69,26 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
+        """Take the first waiting request, let the requests already received reach the queue (one yield), take
+        all of them up to ``max_batch`` rows; only with ``max_wait_ms`` > 0 wait longer for more (worth it for
+        models whose row costs far more than a request's HTTP handling)."""
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         while True:
             first = await self.queue.get()
             batch, size = [first], len(first[0])
+            await asyncio.sleep(0)
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
-                if self.queue.empty():
-                    if self.max_wait <= 0 or loop.time() >= deadline:
-                        break
-                    await asyncio.sleep(0)  # let requests already received reach the queue
-                    if self.queue.empty():
-                        try:
-                            item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
-                        except TimeoutError:
-                            break
-                    else:
-                        item = self.queue.get_nowait()
-                else:
+                if not self.queue.empty():
                     item = self.queue.get_nowait()
+                elif self.max_wait > 0 and (left := deadline - loop.time()) > 0:
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
+                else:
+                    break
                 batch.append(item)
                 size += len(item[0])
             self._execute(batch)
