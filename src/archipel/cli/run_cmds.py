@@ -14,6 +14,22 @@ runs_app = typer.Typer(help="List, inspect, follow and cancel runs.", no_args_is
 chaos_app = typer.Typer(help="Break a site on purpose to see recovery work.", no_args_is_help=True)
 
 LEASE = "reconciler"
+AUTOSCALE_S = 5.0
+
+
+def _autoscale(ws, engine) -> None:
+    """One autoscaling step for every deployment that asks for it (replicas.target_qps)."""
+    import logging
+
+    from archipel.errors import ArchipelError
+    from archipel.services.deployments import autoscale, list_deployments
+
+    for view in list_deployments(engine):
+        if view.state != "down" and (view.spec.get("replicas") or {}).get("target_qps"):
+            try:
+                autoscale(ws, engine, view.name)
+            except ArchipelError as exc:
+                logging.getLogger("archipel.server").warning("autoscaling %s failed: %s", view.name, exc)
 
 
 def run_command(
@@ -217,7 +233,8 @@ def server_command(
         typer.Option("--exit-when-idle", help="Stop once no run is active (what `run --detach` starts)."),
     ] = False,
 ) -> None:
-    """The control process: reconciles runs (supervision, recovery) while it holds the database lease."""
+    """The control process: reconciles runs (supervision, recovery) and autoscales deployments while it holds the
+    database lease."""
     import os
     import socket
 
@@ -228,10 +245,14 @@ def server_command(
     engine = open_engine(ws)
     holder = f"server-{socket.gethostname()}-{os.getpid()}"
     reconciler = Reconciler(ws, engine)
-    idle_since = time.monotonic()
+    idle_since = last_scale = time.monotonic()
     try:
         while True:
-            active = reconciler.tick() if try_acquire(engine, LEASE, holder) else 1
+            leader = try_acquire(engine, LEASE, holder)
+            active = reconciler.tick() if leader else 1
+            if leader and time.monotonic() - last_scale >= AUTOSCALE_S:
+                last_scale = time.monotonic()
+                _autoscale(ws, engine)
             if active:
                 idle_since = time.monotonic()
             elif exit_when_idle and time.monotonic() - idle_since > 2.0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from archipel.models.common import Name, StrictModel
 
@@ -15,6 +15,14 @@ class Replicas(StrictModel):
     min: int = Field(1, ge=0, le=64)
     """Replicas per site."""
     max: int = Field(1, ge=1, le=64)
+    target_qps: float | None = Field(None, gt=0)
+    """Autoscaling between min and max: requests per second one replica should take (measured by the replicas)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Replicas:
+        if self.max < self.min:
+            raise ValueError(f"replicas.max ({self.max}) is below replicas.min ({self.min})")
+        return self
 
 
 class Batching(StrictModel):

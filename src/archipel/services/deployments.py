@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -39,7 +40,9 @@ from archipel.workspace import Workspace
 
 __all__ = [
     "DeploymentView",
+    "autoscale",
     "deploy",
+    "desired_replicas",
     "down",
     "get_deployment",
     "list_deployments",
@@ -158,7 +161,7 @@ def _stop(workspace: Workspace, engine: Engine, replicas: list[ReplicaRow | dict
             workspace.compute(r["site"]).cancel(r["job_id"], grace_s=2)
         with session_scope(engine) as session:
             row = session.get(ReplicaRow, r["id"])
-            if row is None or row.state != "running":
+            if row is None or row.state not in ("running", "draining"):
                 continue
             row.state, row.stopped_at = "stopped", utcnow()
             hours = (row.stopped_at - row.started_at).total_seconds() / 3600
@@ -284,3 +287,84 @@ def down(workspace: Workspace, engine: Engine, name: str) -> DeploymentView:
     AuditLog(engine, workspace.state_dir).record(action="deployment.down", subject=name, outcome="done",
                                                  reason=f"stopped {len(replicas)} replicas")  # fmt: skip
     return get_deployment(engine, name)
+
+
+# -- autoscaling ---------------------------------------------------------------------------------------------
+
+
+def desired_replicas(current: int, qps: float, target_qps: float, low: int, high: int) -> int:
+    """Replicas a site should run for ``qps`` at ``target_qps`` each, within [low, high]; scales down one at a time
+    and only when the load would still fit below 80 % of the target afterwards (no flapping at the boundary)."""
+    want = max(low, min(high, math.ceil(qps / target_qps) if qps > 0 else low))
+    if want < current:
+        fits = current - 1 >= low and qps <= 0.8 * target_qps * (current - 1)
+        return current - 1 if fits else current
+    return want
+
+
+def _requests_served(url: str) -> float | None:
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("archipel_inference_requests_total"))  # fmt: skip
+
+
+_last_counts: dict[int, tuple[float, float]] = {}
+
+
+def autoscale(workspace: Workspace, engine: Engine, name: str) -> dict[str, tuple[int, int]]:
+    """One autoscaling step for a deployment with ``replicas.target_qps``: per site, the measured request rate of
+    its replicas (from their own counters, since the previous step) against the target; starts or stops replicas.
+    Returns site -> (replicas before, after)."""
+    view = get_deployment(engine, name)
+    spec = DeploymentSpec.model_validate(view.spec)
+    target = spec.replicas.target_qps
+    if target is None or view.state == "down":
+        return {}
+    now = time.monotonic()
+    changes: dict[str, tuple[int, int]] = {}
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    for replica in view.replicas:
+        if replica["version"] == view.version:
+            by_site.setdefault(replica["site"], []).append(replica)
+    version = get_version(engine, f"{view.model}/{view.version}")
+    for site, replicas in by_site.items():
+        qps = 0.0
+        for replica in replicas:
+            count = _requests_served(replica["url"])
+            if count is None:
+                continue
+            before = _last_counts.get(replica["id"])
+            _last_counts[replica["id"]] = (now, count)
+            if before is not None and now > before[0]:
+                qps += max(0.0, count - before[1]) / (now - before[0])
+        want = desired_replicas(len(replicas), qps, target, max(1, spec.replicas.min), spec.replicas.max)
+        if want > len(replicas):
+            started = [
+                _start_replica(workspace, name, version, site, spec) for _ in range(want - len(replicas))
+            ]
+            with session_scope(engine) as session:
+                for r in started:
+                    session.add(ReplicaRow(deployment=name, site=site, jurisdiction=workspace.site(site).jurisdiction,
+                        version=version.version, url=r["url"], job_id=r["job_id"], state="running",
+                        hourly_usd=_hourly(workspace, site)))  # fmt: skip
+        elif want < len(replicas):
+            victim = max(replicas, key=lambda r: r["id"])
+            with session_scope(engine) as session:  # out of the table first, so gateways stop sending to it
+                row = session.get(ReplicaRow, victim["id"])
+                if row is not None:
+                    row.state = "draining"
+            time.sleep(DRAIN_S)
+            _stop(workspace, engine, [victim])
+        if want != len(replicas):
+            changes[site] = (len(replicas), want)
+            reason = f"{len(replicas)} -> {want} replicas at {qps:.1f} req/s (target {target:g})"
+            AuditLog(engine, workspace.state_dir).record(
+                action="deployment.scale", subject=name, sites=[site], outcome="done", reason=reason
+            )
+    if changes:
+        write_scrape_targets(workspace, engine)
+    return changes
