@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import secrets
 import sys
 import time
 import urllib.request
@@ -119,9 +120,24 @@ def _start_replica(
     workspace: Workspace, name: str, version: VersionView, site: str, spec: DeploymentSpec
 ) -> dict:
     compute = workspace.compute(site)
-    argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), "serve-replica", version.ref,
-            "--site", site, "--port", "0", "--max-batch", str(spec.batching.max_batch),
-            "--max-wait-ms", str(spec.batching.max_wait_ms), "--sample-rate", str(spec.sample_rate)]  # fmt: skip
+    site_spec = workspace.site(site)
+    url = site_spec.storage
+    if url.startswith("file://") and not url.startswith("file:///"):
+        url = (workspace.root / url.removeprefix("file://")).resolve().as_uri()
+    elif "://" not in url:
+        url = (workspace.root / url).resolve().as_uri()
+    folder = workspace.state_dir / "replicas" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    launch = {
+        "storage": {"url": url, "options": dict(site_spec.storage_options)},
+        "key": version.key, "sha256": version.sha256, "name": version.model, "version": version.version,
+        "signature": version.signature, "max_batch": spec.batching.max_batch,
+        "max_wait_ms": spec.batching.max_wait_ms, "sample_rate": spec.sample_rate,
+        "sample_prefix": f"samples/{version.model}/{version.version}/{site}",
+    }  # fmt: skip
+    spec_file = folder / f"{site}-{secrets.token_hex(4)}.json"
+    spec_file.write_text(json.dumps(launch), encoding="utf-8")
+    argv = [sys.executable, "-m", "archipel.serving.launch", str(spec_file)]
     job_id = compute.launch(
         LaunchRequest(
             argv, name=f"replica-{name}-{site}", resources=Resources(cpus=0.5), labels={"deployment": name}

@@ -1,0 +1,52 @@
+"""The lean replica entry point deployments start: ``python -m archipel.serving.launch SPEC.json``.
+
+The spec (written by the deploy service next to the job) names the ONNX in the site's storage (URL, key, sha256),
+the model's name, version and signature, the bind address and batching. Nothing else is imported: no CLI, no
+metadata store, so a replica's cold start is ONNX Runtime's import, the model's load and uvicorn's start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    import uvicorn
+
+    from archipel.backends.storage.registry import open_store
+    from archipel.serving.replica import build_server, check_bind
+    from archipel.serving.server import ServerConfig
+
+    storage = spec["storage"]
+    onnx = open_store(storage["url"], storage.get("options") or {}).get(spec["key"])
+    if hashlib.sha256(onnx).hexdigest() != spec["sha256"]:
+        print(f"the ONNX at {spec['key']} does not match its sha256", file=sys.stderr)
+        return 3
+    host = spec.get("host", "127.0.0.1")
+    check_bind(host, None)
+    config = ServerConfig(max_batch=spec.get("max_batch", 64), max_wait_ms=spec.get("max_wait_ms", 0.0))
+    app = build_server(onnx, spec["name"], str(spec["version"]), spec["signature"], config)
+    if spec.get("sample_rate", 0) > 0:
+        from archipel.serving.sampling import Sampler
+
+        app.sampler = Sampler(open_store(storage["url"], storage.get("options") or {}), spec["sample_prefix"],
+                              spec["sample_rate"], spec["signature"].get("feature_names"))  # fmt: skip
+    sock = socket.socket(socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(spec.get("port", 0))))
+    print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
+                                           access_log=False, lifespan="on"))  # fmt: skip
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
