@@ -39,7 +39,7 @@ class Client:
         with the server's message."""
         import numpy as np
 
-        if rows and isinstance(rows, list) and isinstance(rows[0], dict):
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
             features = list(rows[0])
             inputs = [{"name": f, "shape": [len(rows)], "datatype": "FP32", "data": [float(r[f]) for r in rows]}
                       for f in features]  # fmt: skip

@@ -215,6 +215,27 @@ def test_requests_are_served_only_in_their_origin_and_fail_closed(stack: Stack) 
             "/v2/models/cancer/infer", json=_infer_body(stack.X[:1]), headers=_h(stack.tokens["eu"])
         )
         assert r.status_code == 200 and r.headers["x-archipel-site"] == "gcp-europe-west4"
+    # the Python client speaks the same protocol
+    import archipel
+
+    with archipel.Client(stack.gateway, token=stack.tokens["infer"], origin="US") as sdk:
+        labels = sdk.infer("cancer", stack.X[:4], request_id="sdk-1")["label"]
+    assert len(labels) == 4 and set(labels) <= {0, 1}
+    # the EU replica dies: EU requests fail closed (503) rather than go to the US one; US requests still succeed
+    _kill_replica(stack, "cancer", "gcp-europe-west4")
+    eu, us = _h(stack.tokens["infer"], "EU"), _h(stack.tokens["infer"], "US")
+    with httpx.Client(base_url=stack.gateway) as client:
+        deadline = time.monotonic() + 5
+        statuses = []
+        while time.monotonic() < deadline:
+            r = client.post("/v2/models/cancer/infer", json=_infer_body(stack.X[:1]), headers=eu)
+            statuses.append(r.status_code)
+            assert r.status_code in (200, 503) and r.headers.get("x-archipel-site") != "aws-us-east-1"
+            if r.status_code == 503:
+                break
+        assert statuses[-1] == 503
+        r = client.post("/v2/models/cancer/infer", json=_infer_body(stack.X[:1]), headers=us)
+        assert r.status_code == 200 and r.headers["x-archipel-site"] == "aws-us-east-1"
 
 
 def _kill_replica(stack: Stack, deployment: str, site: str) -> tuple[int, dict[str, Any]]:
