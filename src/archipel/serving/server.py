@@ -219,7 +219,11 @@ class ModelServer:
             self.metrics.in_flight -= 1
             self.metrics.request(self.info.name, self.info.version, status, time.perf_counter() - started)
             if status >= 400:
-                log.info("request %s: %s", request_id, status)
+                log.warning("request %s: %s", request_id, status)
+            elif log.isEnabledFor(logging.DEBUG):  # per-request lines cost; on when asked (log level debug)
+                log.debug(
+                    "request %s: %s in %.2f ms", request_id, status, (time.perf_counter() - started) * 1000
+                )
 
     async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
         """The decoded JSON body, or 413/400 (the body is not read past the limit)."""
