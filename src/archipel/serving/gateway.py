@@ -362,12 +362,16 @@ class Gateway:
                         {"type": "http.response.start", "status": response.status_code, "headers": out}
                     )
                     await send({"type": "http.response.body", "body": response.content})
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("request %s -> %s at %s: %s", headers.get("x-request-id", "-"), replica.id,
+                                  replica.site, response.status_code)  # fmt: skip
                     return
                 last_error = f"replica at {replica.site}: HTTP {response.status_code}"
                 self._failed(replica)
             finally:
                 replica.in_flight -= 1
             await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        log.warning("request %s: 503 (%s)", headers.get("x-request-id", "-"), last_error)
         await _json(send, 503, {"error": f"no allowed replica could serve the request ({last_error})"})
 
     def _failed(self, replica: _Replica) -> None:
