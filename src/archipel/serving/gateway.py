@@ -29,7 +29,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +43,12 @@ from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
 from archipel.policy.jurisdiction import within
 from archipel.services.tokens import Token, verify_token
+from archipel.serving.asgi import Receive, Send, read_body
 from archipel.workspace import Workspace
 
 __all__ = ["Gateway", "GatewayConfig"]
 
 log = logging.getLogger("archipel.gateway")
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 _PASS = (b"x-request-id", b"traceparent", b"content-type")
 
 
@@ -255,7 +253,7 @@ class Gateway:
             )
         body = b""
         if method == "POST":
-            body = await self._body(receive, headers)
+            body = await read_body(receive, headers, self.config.max_body_bytes)
             if body is None:
                 return await _json(send, 413, {"error": "the request body is too large"})
         suffix = path.split(f"/v2/models/{name}", 1)[1]
@@ -300,22 +298,6 @@ class Gateway:
                 outcome="refused", reason=f"origin {origin} not allowed for this token")  # fmt: skip
 
         asyncio.get_running_loop().run_in_executor(None, write)
-
-    async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes | None:
-        limit = self.config.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
     def _pick(self, deployment: _Deployment, candidates: list[_Replica], origin: str | None,
               tried: set[int]) -> _Replica | None:  # fmt: skip

@@ -21,13 +21,14 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from archipel.serving.asgi import Receive, Send, read_body
 from archipel.serving.metrics import Metrics
 from archipel.serving.oip import BadRequest, ModelInfo, infer_response, metadata, parse_infer
 from archipel.serving.sampling import Sampler
@@ -35,8 +36,6 @@ from archipel.serving.sampling import Sampler
 __all__ = ["Batcher", "ModelServer", "ServerConfig"]
 
 log = logging.getLogger("archipel.serving")
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -227,22 +226,11 @@ class ModelServer:
 
     async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> Any:
         """The decoded JSON body, or 413/400 (the body is not read past the limit)."""
-        limit = self.config.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raw = await read_body(receive, headers, self.config.max_body_bytes)
+        if raw is None:
             return 413
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return 413
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             return 400
 
