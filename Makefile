@@ -44,7 +44,9 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# serving.py compares the gateway with Debian's nginx (it runs its own on a free port, not the package's service).
 bench: $(VENV)/.installed-dev
+	command -v nginx >/dev/null || apt-get install -y nginx-light || apt-get install -y nginx
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/planner.py
 	$(BIN)/python benchmarks/transfer.py

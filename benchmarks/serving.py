@@ -19,11 +19,20 @@ launcher's wrapper around the model function) and the rest (HTTP, JSON, batching
    max_batch 1, at concurrency 32.
 3. Cold start: spawn to first 200 of archipel's launcher vs ``python -c 'import onnxruntime'``, both after a run
    that fills a private bytecode cache (``PYTHONPYCACHEPREFIX``; these machines set ``PYTHONDONTWRITEBYTECODE``).
+4. The gateway (``serving_gateway.py``): the GradientBoosting model deployed with one replica on a workspace's local
+   site, driven open loop (requests sent on a clock at a fixed rate whatever the answers; latency from each one's
+   scheduled send time) at half of ``archipel``'s req/s at concurrency 32, on three paths in turn: direct to the
+   replica, through nginx (Debian's package: ``proxy_pass`` to a ``keepalive 64`` upstream, one worker, no access
+   log) and through archipel's gateway (bearer token checked, residency decided, forwarded), the same request
+   bytes on each. Replica, nginx and gateway on the server CPU; per row, their CPU per request from ``/proc``
+   (nginx: its worker). Targets: the gateway adds <= 1 ms at p50 with 0 errors and costs less CPU per request
+   than nginx.
 
     python benchmarks/serving.py [--duration 5] [--rounds 5] [--quick] [--json]
 
-``--quick``: 1 s per load point, one cold start. No gateway row (not built yet). Exit code 1 if a server answered
-anything but 200 or other outputs than ONNX Runtime's.
+``--quick``: 1 s per load point, the open loop at most 200 req/s, one cold start; without nginx the gateway part
+skips nginx's row (the full run stops: ``make bench`` installs it). Exit code 1 if a server answered anything but
+200 or other outputs than ONNX Runtime's.
 """
 
 from __future__ import annotations
@@ -34,7 +43,6 @@ import http.client
 import itertools
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -45,14 +53,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import serving_gateway
 import uvloop
+from serving_gateway import cpu_seconds, response_complete
 
 from archipel.registry.convert import convert
 
 CONCURRENCY = (1, 8, 32)
 MLP_WIDTH = 2048
 CLIENT_CPU, SERVER_CPU = 0, 1
-_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+QUICK_RATE = 200
 
 LAUNCHER = """
 import sys, time
@@ -178,15 +188,23 @@ def _models(work: Path) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
         names = [o.name for o in session.get_outputs()]
         expected = dict(zip(names, session.run(names, {"input": X[:1]}), strict=True))
         files = {"onnx": work / f"{name}.onnx", "signature": work / f"{name}.json"}
-        models[name] = {"name": name, **files, "session": session, "expected": expected}
+        models[name] = {
+            "name": name,
+            **files,
+            "session": session,
+            "expected": expected,
+            "converted": converted,
+        }
     return X, models
 
 
-def _request(name: str, row: np.ndarray) -> tuple[bytes, bytes]:
-    """(the whole HTTP request, its JSON body): an OIP infer of one row."""
+def _request(name: str, row: np.ndarray, token: str | None = None) -> tuple[bytes, bytes]:
+    """(the whole HTTP request, its JSON body): an OIP infer of one row, with a bearer token if given."""
     tensor = {"name": "input", "shape": [1, len(row)], "datatype": "FP32", "data": row.tolist()}
     body = json.dumps({"inputs": [tensor]}).encode()
     head = f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
     return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body, body
 
 
@@ -207,13 +225,17 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=30)
 
 
-def _first_200(proc: subprocess.Popen[str], port: int, name: str, body: bytes) -> bytes:
-    """The body of the first 200 the server answers (polling every 2 ms)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
+def _first_200(
+    proc: subprocess.Popen[str] | None, port: int, name: str, body: bytes, token: str | None = None
+) -> bytes:
+    """The body of the first 200 the server answers (polling every 2 ms); ``proc`` None: not our child."""
+    deadline, headers = time.monotonic() + 60, {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-            conn.request("POST", f"/v2/models/{name}/infer", body, {"Content-Type": "application/json"})
+            conn.request("POST", f"/v2/models/{name}/infer", body, headers)
             response = conn.getresponse()
             if response.status == 200:
                 return response.read()
@@ -221,7 +243,7 @@ def _first_200(proc: subprocess.Popen[str], port: int, name: str, body: bytes) -
             time.sleep(0.002)
         finally:
             conn.close()
-    raise RuntimeError(f"the server on port {port} never answered 200 (exit code {proc.poll()})")
+    raise RuntimeError(f"the server on port {port} never answered 200 (exit code {proc and proc.poll()})")
 
 
 def _archipel(
@@ -250,9 +272,8 @@ def _baseline(work: Path, model: dict[str, Any]) -> _Server:
 
 def _cpu(pid: int) -> tuple[float, float]:
     """(CPU seconds of all threads: utime + stime; seconds the main thread waited, runnable, for its CPU)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     waited = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), waited
+    return cpu_seconds(pid), waited
 
 
 class _Connection(asyncio.Protocol):
@@ -276,14 +297,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer = self.buffer + data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        length = _LENGTH.search(buffer, 0, end)
-        if length is not None:
-            if len(buffer) < end + 4 + int(length.group(1)):
-                return
-        elif len(buffer) == end + 4 or not buffer.endswith(b"\r\n0\r\n\r\n"):  # chunked: the last chunk
+        if not response_complete(buffer):
             return
         now = time.perf_counter()
         self.latencies.append(now - self.sent)
@@ -392,6 +406,30 @@ def _break_even(batched: dict[str, Any], alone: dict[str, Any], mlp: list[dict[s
     }
 
 
+def _same_outputs(data: bytes, expected: dict[str, np.ndarray]) -> bool:
+    outputs = {o["name"]: np.reshape(o["data"], o["shape"]) for o in json.loads(data)["outputs"]}
+    return all(np.allclose(outputs[k], v, atol=1e-4) for k, v in expected.items())
+
+
+def _through_proxies(args: argparse.Namespace, work: Path, model: dict[str, Any], row: np.ndarray, max_rate: float,
+                     loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """One replica at half ``max_rate``, open loop: direct, through nginx if installed, through archipel's gateway;
+    the same request bytes (bearer token included) on every path. (figures, every answer right?)"""
+    rate = round(min(max_rate / 2, QUICK_RATE) if args.quick else max_rate / 2)
+    nginx = serving_gateway.nginx_version()
+    with serving_gateway.paths(work, model["converted"], SERVER_CPU, nginx is not None) as p:
+        request, body = _request(model["name"], row, p.token)
+        targets = p.targets()
+        ok = all(_same_outputs(_first_200(s.proc, s.port, model["name"], body, p.token), model["expected"])
+                 for s, _ in targets.values())  # fmt: skip
+        rows = []
+        for label, (server, pids) in targets.items():
+            measured = serving_gateway.open_loop(server.port, request, rate, args.duration, args.warmup, pids)
+            rows.append({"path": label, **loop.run_until_complete(measured)})
+    ok &= all(r["non_200"] == 0 for r in rows)
+    return serving_gateway.summarize(rows, rate, max_rate, nginx or serving_gateway.NGINX_MISSING), ok
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     X, models = _models(work)
     loop, ok = uvloop.new_event_loop(), True
@@ -403,9 +441,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rows = []
         try:
             for server in servers.values():
-                data = _first_200(server.proc, server.port, name, body)
-                outputs = {o["name"]: np.reshape(o["data"], o["shape"]) for o in json.loads(data)["outputs"]}
-                ok &= all(np.allclose(outputs[k], v, atol=1e-4) for k, v in models[name]["expected"].items())
+                ok &= _same_outputs(
+                    _first_200(server.proc, server.port, name, body), models[name]["expected"]
+                )
             for level in levels:
                 for label, server in servers.items():
                     row = _closed_loop(server, request, level, args.duration, args.warmup)
@@ -434,11 +472,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ratio, p99 = mine["req_per_s"] / base["req_per_s"], mine["p99_ms"] / base["p99_ms"]
         ratios.append({"concurrency": c, "req_per_s": round(ratio, 2), "p99": round(p99, 2)})
     top = CONCURRENCY[-1]
+    gateway, gateway_ok = _through_proxies(args, work, cancer, X[0], by["archipel", top]["req_per_s"], loop)
     return {
         "http": http_rows,
         "in_process": {"server": "ort in-process", **_in_process(cancer["session"], X[:1], args.duration)},
         "ratios": ratios,
-        "gateway": "not built yet",
+        "gateway": gateway,
         "batching": {
             "rows": batch_rows,
             "mlp_width": MLP_WIDTH,
@@ -447,7 +486,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "break_even": _break_even(by["archipel", top], by["archipel batch=1", top], batch_rows),
         },
         "cold_start": _cold_start(cancer, _request("cancer", X[0])[1], args.rounds, work / "pycache"),
-        "predictions_ok": bool(ok),
+        "predictions_ok": bool(ok and gateway_ok),
     }
 
 
@@ -461,6 +500,12 @@ def main() -> int:
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.warmup = 0.2 if args.quick else 0.5
     args.rounds = max(1, args.rounds or (1 if args.quick else 5))
+    if not args.quick and serving_gateway.nginx_version() is None:
+        print(
+            f"nginx: {serving_gateway.NGINX_MISSING}; the full run compares the gateway with it",
+            file=sys.stderr,
+        )
+        return 2
     load, pinned = os.getloadavg()[0], (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {CLIENT_CPU})
@@ -481,6 +526,26 @@ COLUMNS = [  # header, row key, width (negative: left-aligned), decimals
     ("srv CPU%", "server_cpu_pct", 9, 1), ("runq%", "server_runq_pct", 7, 1), ("client%", "client_cpu_pct", 8, 1),
     ("batch", "batch_rows_mean", 7, 1), ("model us", "model_us_per_req", 9, 1),
 ]  # fmt: skip
+GATEWAY_COLUMNS = [
+    ("path", "path", -9, None), ("req/s", "req_per_s", 8, 0), ("p50 ms", "p50_ms", 10, 2),
+    ("p99 ms", "p99_ms", 10, 2), ("errors", "errors", 7, None), ("lag p99 ms", "lag_p99_ms", 11, 2),
+    ("replica us/req", "replica_cpu_us_per_req", 15, 1), ("replica CPU%", "replica_cpu_pct", 13, 1),
+    ("proxy us/req", "proxy_cpu_us_per_req", 13, 1), ("proxy CPU%", "proxy_cpu_pct", 11, 1),
+]  # fmt: skip
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str, int, int | None]]) -> None:
+    for i, row in enumerate([{key: head for head, key, _, _ in columns}, *rows]):
+        cells = [
+            (row[k] if i == 0 or d is None else f"{row[k]:.{d}f}") if k in row else ""
+            for _, k, _, d in columns
+        ]
+        print(
+            "".join(
+                f"{cell:{'<' if w < 0 else '>'}{abs(w)}}"
+                for cell, (_, _, w, _) in zip(cells, columns, strict=True)
+            )
+        )
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -490,26 +555,16 @@ def _print(result: dict[str, Any]) -> None:
         f"servers on CPU {SERVER_CPU}{'' if result['pinned'] else ' (NOT pinned)'}; {result['cpus']} CPUs, "
         f"load average {result['load_before']:.2f} before, {result['load_after']:.2f} after"
     )
-    rows = [{key: head for head, key, _, _ in COLUMNS}]
-    rows += [*result["http"], {**lim, "concurrency": "-", "server_cpu_us_per_req": lim["cpu_us"]}, *b["rows"]]
-    for i, row in enumerate(rows):
-        cells = [
-            (row[k] if i == 0 or d is None else f"{row[k]:.{d}f}") if k in row else ""
-            for _, k, _, d in COLUMNS
-        ]
-        print(
-            "".join(
-                f"{cell:{'<' if w < 0 else '>'}{abs(w)}}"
-                for cell, (_, _, w, _) in zip(cells, COLUMNS, strict=True)
-            )
-        )
-    print("ort in-process: one row a session.run in the client process; gateway: not built yet")
+    lim_row = {**lim, "concurrency": "-", "server_cpu_us_per_req": lim["cpu_us"]}
+    _table([*result["http"], lim_row, *b["rows"]], COLUMNS)
+    print("ort in-process: one row a session.run in the client process")
     for r in result["ratios"]:
         print(
             f"archipel / fastapi+ort at concurrency {r['concurrency']}: {r['req_per_s']:.2f}x req/s, p99 {r['p99']}x"
         )
     met = result["ratios"][-1]["req_per_s"] >= 2 and result["ratios"][-1]["p99"] < 1
     print(f"target at concurrency 32 (>= 2x req/s and a lower p99): {'MET' if met else 'MISSED'}")
+    _print_gateway(result["gateway"], result["quick"])
     (one, many), be = b["in_process"], b["break_even"]
     print(
         f"MLP 30-{b['mlp_width']}x3-2 in-process: 1 row {one['p50_ms']:.3f} ms, 32 rows {many['p50_ms']:.3f} ms; "
@@ -528,6 +583,27 @@ def _print(result: dict[str, Any]) -> None:
         f"{c['archipel_first_prediction_s'] * 1e3:.0f} ms: {c['ratio']:.2f}x (target <= 2x: "
         f"{'MET' if c['ratio'] <= 2 else 'MISSED'})\npredictions equal to ONNX Runtime's, every response 200: "
         f"{'yes' if result['predictions_ok'] else 'NO'}"
+    )
+
+
+def _print_gateway(g: dict[str, Any], quick: bool) -> None:
+    cap = f", capped at {QUICK_RATE} with --quick" if quick and g["rate_req_per_s"] == QUICK_RATE else ""
+    print(
+        f"\nopen loop at {g['rate_req_per_s']} req/s (half of archipel's {g['max_req_per_s']:.0f} req/s at "
+        f"concurrency 32{cap}) on {g['connections']} connections, the client spinning between sends; latency "
+        f"from each request's {g['latency_from']} (lag: scheduled to written); replica, gateway and nginx on "
+        f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}"
+    )
+    _table(g["rows"], GATEWAY_COLUMNS)
+    by, targets = {r["path"]: r for r in g["rows"]}, g["targets"]
+    if "nginx" not in by:
+        print(f"nginx: {g['nginx']}")
+    added = [f"{k} {'no answer' if ms is None else f'{ms:+.2f} ms'}" for k, ms in g["added_p50_ms"].items()]
+    cpu = [f"{k} {by[k]['proxy_cpu_us_per_req']:.1f} us" for k in g["added_p50_ms"]]
+    print(
+        f"added p50: {', '.join(added)}; target (gateway adds <= 1 ms, 0 errors): {targets['gateway_added_p50']}\n"
+        f"proxy CPU per request: {', '.join(cpu)}; target (gateway below nginx): "
+        f"{targets['gateway_cpu_below_nginx']}\n"
     )
 
 
