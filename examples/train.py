@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 import archipel
 
@@ -24,8 +26,9 @@ table = ctx.input(ctx.inputs[0])
 columns = [c for c in FEATURES if c in table.column_names] or [
     c for c in table.column_names if c not in ("id", "patient_id", "readmitted")
 ]
-X = np.column_stack([table[c].to_numpy().astype(np.float64) for c in columns])
-X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-12)
+raw = np.column_stack([table[c].to_numpy().astype(np.float64) for c in columns])
+scaler = StandardScaler().fit(raw)  # the served model takes raw features: the scaling travels inside it
+X = scaler.transform(raw)
 y = table["readmitted"].to_numpy().astype(np.int64)
 steps = int(os.environ.get("TRAIN_STEPS", "200"))
 pause = float(os.environ.get("STEP_SECONDS", "0"))
@@ -55,11 +58,12 @@ accuracy = float(model.score(X, y))
 ctx.log_metric("accuracy", accuracy, step=steps)
 weights = {"features": columns, "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist()}
 # the registry gets it as ONNX, checked against the model, with metrics, a model card and this run's lineage
+served = Pipeline([("scale", scaler), ("model", model)])  # raw features in, as a caller sends them
 ctx.log_model(
     os.environ.get("MODEL_NAME", "readmission"),
-    model,
-    sample_input=X[:64],
-    eval_data=(X, y),
+    served,
+    sample_input=raw[:64],
+    eval_data=(raw, y),
     feature_names=columns,
 )
 ctx.output("model", json.dumps(weights, sort_keys=True).encode())
