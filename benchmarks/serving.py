@@ -68,7 +68,6 @@ LAUNCHER = """
 import sys, time
 onnx_path, signature_path, name, max_batch, max_wait_ms, counters_path = sys.argv[1:]
 import json, socket
-import uvicorn
 from archipel.serving.replica import build_server
 from archipel.serving.server import ModelServer, ServerConfig
 
@@ -93,8 +92,8 @@ sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("127.0.0.1", 0))
 print("LISTENING", sock.getsockname()[1], flush=True)
-uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False,
-                              lifespan="on")).run(sockets=[sock])
+from archipel.serving.asgi import run_uvicorn  # exactly how archipel's replicas run
+run_uvicorn(app, sock)
 """
 
 BASELINE_APP = """

@@ -199,8 +199,6 @@ def gateway_command(
     """The front door: OIP v2 routes, bearer tokens, residency-aware routing, retries and failover."""
     import socket
 
-    import uvicorn
-
     from archipel.serving.gateway import Gateway, GatewayConfig
 
     ws = open_workspace()
@@ -213,7 +211,6 @@ def gateway_command(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on"
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    from archipel.serving.asgi import run_uvicorn
+
+    run_uvicorn(app, sock)

@@ -18,8 +18,6 @@ __all__ = ["main"]
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
-    import uvicorn
-
     from archipel.backends.storage.registry import open_store
     from archipel.serving.replica import build_server, check_bind
     from archipel.serving.server import ServerConfig
@@ -42,9 +40,9 @@ def main(argv: list[str]) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, int(spec.get("port", 0))))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
-                                           access_log=False, lifespan="on"))  # fmt: skip
-    server.run(sockets=[sock])
+    from archipel.serving.asgi import run_uvicorn
+
+    run_uvicorn(app, sock)
     return 0
 
 

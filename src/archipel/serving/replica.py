@@ -70,8 +70,6 @@ def serve(
     """Run a replica of ``ref`` from ``site``'s storage until interrupted; prints ``LISTENING port`` once ready."""
     import socket
 
-    import uvicorn
-
     from archipel.services.models import get_version, onnx_bytes
 
     secret = os.environ.get(secret_env) if secret_env else None
@@ -95,6 +93,6 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False,
-                                           lifespan="on"))  # fmt: skip
-    server.run(sockets=[sock])
+    from archipel.serving.asgi import run_uvicorn
+
+    run_uvicorn(app, sock)
