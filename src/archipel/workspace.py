@@ -104,6 +104,16 @@ class Workspace:
         site = self.site(name)
         return open_store(site.storage, dict(site.storage_options), base_dir=self.root)
 
+    def storage_url(self, name: str) -> str:
+        """Site ``name``'s storage URL as any process opens it, wherever it runs: a local path made absolute
+        (``file://sites/x`` and ``sites/x`` are relative to the workspace), other URLs as written."""
+        url = self.site(name).storage
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme != "file":
+            return url
+        path = Path(rest if sep else url)
+        return (path if path.is_absolute() else self.root / path).resolve().as_uri()
+
     def compute(self, name: str) -> ComputeBackend:
         """The compute backend of site ``name``."""
         from archipel.backends.compute.registry import open_compute

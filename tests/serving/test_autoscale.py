@@ -43,7 +43,8 @@ def test_a_deployment_scales_up_under_load_and_back_down(served_model: Any) -> N
                                           "replicas": {"min": 1, "max": 2, "target_qps": 20}})  # fmt: skip
     try:
         url = deploy(ws, engine, spec).replicas[0]["url"]
-        assert autoscale(ws, engine, "scaled") == {}  # the first step only reads the counters
+        seen: dict[int, tuple[float, float]] = {}
+        assert autoscale(ws, engine, "scaled", seen=seen) == {}  # the first step only reads the counters
         body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": X[0].tolist()}]}
         stop = threading.Event()
 
@@ -58,10 +59,10 @@ def test_a_deployment_scales_up_under_load_and_back_down(served_model: Any) -> N
         time.sleep(1.5)
         stop.set()
         thread.join()
-        assert autoscale(ws, engine, "scaled") == {"gcp-europe-west4": (1, 2)}
+        assert autoscale(ws, engine, "scaled", seen=seen) == {"gcp-europe-west4": (1, 2)}
         assert len(get_deployment(engine, "scaled").replicas) == 2
         time.sleep(0.5)
-        assert autoscale(ws, engine, "scaled") == {"gcp-europe-west4": (2, 1)}  # idle: back to min
+        assert autoscale(ws, engine, "scaled", seen=seen) == {"gcp-europe-west4": (2, 1)}  # idle: back to min
         assert len(get_deployment(engine, "scaled").replicas) == 1
     finally:
         down(ws, engine, "scaled")

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,9 +259,10 @@ def _ejected(stack: Stack, replica_id: int) -> bool:
     return line.endswith(" 1")
 
 
-def test_failover_under_load_drops_no_request(stack: Stack, tmp_path: Path) -> None:
-    from tests.serving.conftest import start_replica  # noqa: F401 - same launcher shape
-
+@contextmanager
+def _closed_loop(stack: Stack, clients: int) -> Iterator[list[int]]:
+    """``clients`` threads each sending infer requests to ``cancer-eu`` through the gateway, one after another, until
+    the block ends; yields the list their status codes are appended to."""
     results: list[int] = []
     stop_load = threading.Event()
 
@@ -271,34 +273,42 @@ def test_failover_under_load_drops_no_request(stack: Stack, tmp_path: Path) -> N
                     client.post("/v2/models/cancer-eu/infer", json=_infer_body(stack.X[:2])).status_code
                 )
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads = [threading.Thread(target=load) for _ in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    port, replica = _kill_replica(stack, "cancer-eu", "onprem-frankfurt")
-    killed_at = time.monotonic()
-    while not _ejected(stack, replica["id"]):
-        assert time.monotonic() - killed_at < 10
-        time.sleep(0.02)
-    ejected_after = time.monotonic() - killed_at
-    time.sleep(1.0)  # load keeps flowing to the surviving replica
-    # restart a server on the same address: re-admitted once healthy (and any ejection has run out)
-    argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(stack.ws.root), "serve-replica", "cancer/1",
-            "--site", "onprem-frankfurt", "--port", str(port)]  # fmt: skip
-    restarted = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_listening(restarted)
-        up_at = time.monotonic()
-        while _ejected(stack, replica["id"]):
-            assert time.monotonic() - up_at < 10
-            time.sleep(0.02)
-        readmitted_after = time.monotonic() - up_at
-        time.sleep(0.5)
+        yield results
     finally:
         stop_load.set()
         for t in threads:
             t.join()
-        stop(restarted)
+
+
+def test_failover_under_load_drops_no_request(stack: Stack, tmp_path: Path) -> None:
+
+    with _closed_loop(stack, 4) as results:
+        time.sleep(1.0)
+        port, replica = _kill_replica(stack, "cancer-eu", "onprem-frankfurt")
+        killed_at = time.monotonic()
+        while not _ejected(stack, replica["id"]):
+            assert time.monotonic() - killed_at < 10
+            time.sleep(0.02)
+        ejected_after = time.monotonic() - killed_at
+        time.sleep(1.0)  # load keeps flowing to the surviving replica
+        # restart a server on the same address: re-admitted once healthy (and any ejection has run out)
+        argv = [sys.executable, "-m", "archipel.cli", "--workspace", str(stack.ws.root), "serve-replica", "cancer/1",
+                "--site", "onprem-frankfurt", "--port", str(port)]  # fmt: skip
+        restarted = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_listening(restarted)
+            up_at = time.monotonic()
+            while _ejected(stack, replica["id"]):
+                assert time.monotonic() - up_at < 10
+                time.sleep(0.02)
+            readmitted_after = time.monotonic() - up_at
+            time.sleep(0.5)
+        finally:
+            stop(restarted)
     failed = [s for s in results if s != 200]
     print(f"\nfailover: {len(results)} requests, {len(failed)} failed; ejected {ejected_after * 1000:.0f} ms after the "
           f"kill (bound {(HEALTH_S + 0.5) * 1000:.0f} ms + a tick); re-admitted {readmitted_after * 1000:.0f} ms after "
@@ -321,30 +331,13 @@ def test_a_rolling_update_and_a_rollback_under_load_drop_no_request(stack: Stack
     v2 = register_version(
         stack.ws, stack.engine, "cancer", converted, site="onprem-frankfurt", datasets=["patients-pii"]
     )
-    results: list[int] = []
-    stop_load = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=stack.gateway, headers=_h(stack.tokens["eu"], "EU"), timeout=10) as client:
-            while not stop_load.is_set():
-                results.append(
-                    client.post("/v2/models/cancer-eu/infer", json=_infer_body(stack.X[:2])).status_code
-                )
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with _closed_loop(stack, 3) as results:
         sites = ["onprem-frankfurt", "gcp-europe-west4"]
         updated = deploy(stack.ws, stack.engine, DeploymentSpec(name="cancer-eu", model=v2.ref, sites=sites))
         assert updated.version == v2.version and {r["version"] for r in updated.replicas} == {v2.version}
         rolled = rollback_deployment(stack.ws, stack.engine, "cancer-eu")
         assert rolled.version == 1 and {r["version"] for r in rolled.replicas} == {1}
         time.sleep(1.5)
-    finally:
-        stop_load.set()
-        for t in threads:
-            t.join()
     failed = [s for s in results if s != 200]
     print(f"\nrolling update + rollback: {len(results)} requests, {len(failed)} failed")
     assert len(results) > 100 and failed == []

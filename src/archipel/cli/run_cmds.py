@@ -17,7 +17,7 @@ LEASE = "reconciler"
 AUTOSCALE_S = 5.0
 
 
-def _autoscale(ws, engine) -> None:
+def _autoscale(ws, engine, seen: dict) -> None:
     """One autoscaling step for every deployment that asks for it (replicas.target_qps)."""
     import logging
 
@@ -27,7 +27,7 @@ def _autoscale(ws, engine) -> None:
     for view in list_deployments(engine):
         if view.state != "down" and (view.spec.get("replicas") or {}).get("target_qps"):
             try:
-                autoscale(ws, engine, view.name)
+                autoscale(ws, engine, view.name, seen=seen)
             except ArchipelError as exc:
                 logging.getLogger("archipel.server").warning("autoscaling %s failed: %s", view.name, exc)
 
@@ -140,7 +140,7 @@ def _follow(ws, engine, run_id: str, *, quiet: bool, timeout_s: float | None) ->
         while True:
             if try_acquire(engine, LEASE, holder):
                 reconciler.tick()
-            view = get_run(engine, run_id)
+            view = get_run(engine, run_id, metrics=False)
             if not quiet:
                 for step in view.steps:
                     line = f"{step['state']} {step['message']}"
@@ -208,7 +208,7 @@ def runs_logs(
     while True:
         for step_name, number, text in run_logs(ws, engine, run_id, step=step, offsets=offsets):
             render_runs.log_lines(step_name, number, text)
-        if not follow or get_run(engine, run_id).state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        if not follow or get_run(engine, run_id, metrics=False).state in ("SUCCEEDED", "FAILED", "CANCELLED"):
             if follow:  # what the last attempt wrote before it ended
                 for step_name, number, text in run_logs(ws, engine, run_id, step=step, offsets=offsets):
                     render_runs.log_lines(step_name, number, text)
@@ -246,13 +246,14 @@ def server_command(
     holder = f"server-{socket.gethostname()}-{os.getpid()}"
     reconciler = Reconciler(ws, engine)
     idle_since = last_scale = time.monotonic()
+    seen: dict = {}  # replica -> (when, requests served): the autoscaler's previous reading
     try:
         while True:
             leader = try_acquire(engine, LEASE, holder)
             active = reconciler.tick() if leader else 1
             if leader and time.monotonic() - last_scale >= AUTOSCALE_S:
                 last_scale = time.monotonic()
-                _autoscale(ws, engine)
+                _autoscale(ws, engine, seen)
             if active:
                 idle_since = time.monotonic()
             elif exit_when_idle and time.monotonic() - idle_since > 2.0:

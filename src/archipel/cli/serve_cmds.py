@@ -111,18 +111,11 @@ def deploy_command(
 ) -> None:
     """Start (or update) a deployment: the model copied where allowed, replicas started, waits until ready."""
     from archipel.cli.common import print_json
-    from archipel.errors import SpecError
     from archipel.models.deployment import DeploymentSpec
     from archipel.services.deployments import deploy
-    from archipel.spec.validate import parse_model
-    from archipel.spec.yaml_loader import load_yaml
+    from archipel.spec.validate import load_model_file
 
-    try:
-        text = spec.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{spec}: file not found") from None
-    data, positions = load_yaml(text, str(spec))
-    parsed = parse_model(data, positions, DeploymentSpec)
+    parsed = load_model_file(spec, DeploymentSpec)
     ws = open_workspace()
     view = deploy(ws, open_engine(ws), parsed)
     print_json(view.as_json()) if as_json else _show(view)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine
 
@@ -27,14 +28,10 @@ _ASIDE = ".archipel-chaos-unreachable"
 
 
 def _storage_root(workspace: Workspace, site: str) -> Path:
-    url = workspace.site(site).storage
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "file", url
-    if scheme != "file":
+    url = workspace.storage_url(site)
+    if not url.startswith("file://"):
         raise SpecError(f"chaos can make only local (file://) storage unreachable; {site} has {url}")
-    path = Path(rest)
-    return path if path.is_absolute() else workspace.root / path
+    return Path(unquote(urlsplit(url).path))
 
 
 def _set_health(engine: Engine, site: str, health: str, detail: dict[str, Any]) -> None:

@@ -33,9 +33,9 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import DeploymentRow, ReplicaRow
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NotFound, SiteUnavailable, SpecError
+from archipel.executor.moves import allowed
 from archipel.models.deployment import DeploymentSpec
 from archipel.policy.audit import AuditLog
-from archipel.policy.engine import Place, evaluate
 from archipel.services.models import VersionView, get_version, replicate_model
 from archipel.workspace import Workspace
 
@@ -105,15 +105,8 @@ def get_deployment(engine: Engine, name: str) -> DeploymentView:
 def _sites(workspace: Workspace, spec: DeploymentSpec, version: VersionView) -> list[str]:
     if spec.sites != "auto":
         return list(spec.sites)
-    allowed = []
-    for site in workspace.spec.sites:
-        place = Place.of(site, workspace.site(site))
-        decisions = [
-            evaluate("derive_export", s, place, rules=workspace.spec.policies) for s in version.subjects()
-        ]
-        if all(d.allowed for d in decisions):
-            allowed.append(site)
-    return allowed
+    subjects = version.subjects()
+    return [site for site in workspace.spec.sites if allowed(workspace, "derive_export", subjects, site)[0]]
 
 
 def _start_replica(
@@ -121,15 +114,10 @@ def _start_replica(
 ) -> dict:
     compute = workspace.compute(site)
     site_spec = workspace.site(site)
-    url = site_spec.storage
-    if url.startswith("file://") and not url.startswith("file:///"):
-        url = (workspace.root / url.removeprefix("file://")).resolve().as_uri()
-    elif "://" not in url:
-        url = (workspace.root / url).resolve().as_uri()
     folder = workspace.state_dir / "replicas" / name
     folder.mkdir(parents=True, exist_ok=True)
     launch = {
-        "storage": {"url": url, "options": dict(site_spec.storage_options)},
+        "storage": {"url": workspace.storage_url(site), "options": dict(site_spec.storage_options)},
         "key": version.key, "sha256": version.sha256, "name": version.model, "version": version.version,
         "signature": version.signature, "max_batch": spec.batching.max_batch,
         "max_wait_ms": spec.batching.max_wait_ms, "sample_rate": spec.sample_rate,
@@ -165,14 +153,9 @@ def _start_replica(
     raise SiteUnavailable(f"the replica of {name} at {site} was not ready within {READY_TIMEOUT_S:g} s")
 
 
-def _stop(workspace: Workspace, engine: Engine, replicas: list[ReplicaRow | dict[str, Any]]) -> None:
-    """Stop replicas (jobs cancelled), and charge their hours to the ledger."""
-    for replica in replicas:
-        r = (
-            replica
-            if isinstance(replica, dict)
-            else {c: getattr(replica, c) for c in ("id", "site", "job_id")}
-        )
+def _stop(workspace: Workspace, engine: Engine, replicas: list[dict[str, Any]]) -> None:
+    """Stop replicas (``id``, ``site``, ``job_id``: jobs cancelled), and charge their hours to the ledger."""
+    for r in replicas:
         with contextlib.suppress(ArchipelError):
             workspace.compute(r["site"]).cancel(r["job_id"], grace_s=2)
         with session_scope(engine) as session:
@@ -328,12 +311,12 @@ def _requests_served(url: str) -> float | None:
                if line.startswith("archipel_inference_requests_total"))  # fmt: skip
 
 
-_last_counts: dict[int, tuple[float, float]] = {}
-
-
-def autoscale(workspace: Workspace, engine: Engine, name: str) -> dict[str, tuple[int, int]]:
+def autoscale(
+    workspace: Workspace, engine: Engine, name: str, *, seen: dict[int, tuple[float, float]]
+) -> dict[str, tuple[int, int]]:
     """One autoscaling step for a deployment with ``replicas.target_qps``: per site, the measured request rate of
     its replicas (from their own counters, since the previous step) against the target; starts or stops replicas.
+    ``seen`` (kept by the caller between steps) maps a replica to (when, its count) at the previous step.
     Returns site -> (replicas before, after)."""
     view = get_deployment(engine, name)
     spec = DeploymentSpec.model_validate(view.spec)
@@ -353,8 +336,8 @@ def autoscale(workspace: Workspace, engine: Engine, name: str) -> dict[str, tupl
             count = _requests_served(replica["url"])
             if count is None:
                 continue
-            before = _last_counts.get(replica["id"])
-            _last_counts[replica["id"]] = (now, count)
+            before = seen.get(replica["id"])
+            seen[replica["id"]] = (now, count)
             if before is not None and now > before[0]:
                 qps += max(0.0, count - before[1]) / (now - before[0])
         want = desired_replicas(len(replicas), qps, target, max(1, spec.replicas.min), spec.replicas.max)

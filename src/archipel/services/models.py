@@ -148,10 +148,7 @@ def _version_view(session: Any, row: ModelVersionRow, aliases: dict[str, int]) -
 
 
 def _model_view(session: Any, row: ModelRow) -> ModelView:
-    aliases = {
-        a.alias: a.version
-        for a in session.scalars(select(ModelAliasRow).where(ModelAliasRow.model == row.name))
-    }
+    aliases = _aliases(session, row.name)
     versions = session.scalars(
         select(ModelVersionRow).where(ModelVersionRow.model == row.name).order_by(ModelVersionRow.version)
     )
@@ -168,36 +165,48 @@ def list_models(engine: Engine) -> list[ModelView]:
         ]
 
 
+def _model_row(session: Any, name: str) -> ModelRow:
+    row = session.get(ModelRow, name)
+    if row is None:
+        known = ", ".join(session.scalars(select(ModelRow.name))) or "none"
+        raise NotFound(f"no model {name!r}; registered: {known}")
+    return row
+
+
+def _aliases(session: Any, name: str) -> dict[str, int]:
+    return {
+        a.alias: a.version for a in session.scalars(select(ModelAliasRow).where(ModelAliasRow.model == name))
+    }
+
+
 def get_model(engine: Engine, name: str) -> ModelView:
     with session_scope(engine) as session:
-        row = session.get(ModelRow, name)
-        if row is None:
-            known = ", ".join(session.scalars(select(ModelRow.name))) or "none"
-            raise NotFound(f"no model {name!r}; registered: {known}")
-        return _model_view(session, row)
+        return _model_view(session, _model_row(session, name))
 
 
 def get_version(engine: Engine, ref: str) -> VersionView:
-    """The version ``ref`` names (``name`` alone: the latest active version)."""
+    """The version ``ref`` names (``name`` alone: the latest active version); one row read, not the model's all."""
     name, version, alias = parse_model_ref(ref)
-    model = get_model(engine, name)
-    if alias is not None:
-        if alias not in model.aliases:
-            raise NotFound(
-                f"model {name} has no alias {alias!r} (aliases: {', '.join(model.aliases) or 'none'})"
-            )
-        version = model.aliases[alias]
-    if version is None:
-        active = [v for v in model.versions if v.status == "active"]
-        if not active:
-            raise NotFound(f"model {name} has no active version")
-        return active[-1]
-    for v in model.versions:
-        if v.version == version:
-            return v
-    raise NotFound(
-        f"model {name} has no version {version}; latest is {model.versions[-1].version if model.versions else '-'}"
-    )
+    with session_scope(engine) as session:
+        row = _model_row(session, name)
+        aliases = _aliases(session, name)
+        if alias is not None:
+            if alias not in aliases:
+                raise NotFound(
+                    f"model {name} has no alias {alias!r} (aliases: {', '.join(aliases) or 'none'})"
+                )
+            version = aliases[alias]
+        query = select(ModelVersionRow).where(ModelVersionRow.model == name)
+        if version is None:
+            query = query.where(ModelVersionRow.status == "active").order_by(ModelVersionRow.version.desc())
+        else:
+            query = query.where(ModelVersionRow.version == version)
+        found = session.scalars(query).first()
+        if found is None:
+            if version is None:
+                raise NotFound(f"model {name} has no active version")
+            raise NotFound(f"model {name} has no version {version}; latest is {row.latest_version or '-'}")
+        return _version_view(session, found, aliases)
 
 
 # -- register ---------------------------------------------------------------------------------------------------
@@ -363,7 +372,8 @@ def promote(
     candidate = get_version(engine, f"{name}/{version}")
     clauses = gates if gates is not None else _gates(workspace, engine, candidate, to)
     model = get_model(engine, name)
-    aliases = {a: get_version(engine, f"{name}/{v}").metrics for a, v in model.aliases.items()}
+    by_number = {v.version: v for v in model.versions}
+    aliases = {a: by_number[v].metrics for a, v in model.aliases.items()}
     results = evaluate_gate(clauses, candidate.metrics, aliases)
     failed = [r for r in results if not r.passed]
     audit = AuditLog(engine, workspace.state_dir)

@@ -220,7 +220,7 @@ class Reconciler:
             return {row.name: row.health for row in session.scalars(select(SiteRow))}
 
     def _candidates(
-        self, step: _Step, spec: PipelineSpec, plan: dict[str, Any]
+        self, step: _Step, plan: dict[str, Any], subjects: list[Subject]
     ) -> tuple[list[dict], list[str]]:
         """The plan's options for the step, best first, that are healthy and still allowed; and why the
         others are not."""
@@ -228,7 +228,7 @@ class Reconciler:
         options = [placement["chosen"], *placement["alternatives"]]
         if step.row["state"] == RunState.RECOVERING and step.row["site"]:
             options.sort(key=lambda o: o["site"] != step.row["site"])  # the same site first, if healthy
-        health, subjects = self._health(), self._subjects(spec, step.name)
+        health = self._health()
         usable, why = [], []
         seen: set[str] = set()
         for option in options:
@@ -307,7 +307,8 @@ class Reconciler:
             and self._reuse(step, key)
         ):
             return
-        candidates, why = self._candidates(step, spec, plan)
+        subjects = self._subjects(spec, step.name)
+        candidates, why = self._candidates(step, plan, subjects)
         if not candidates:
             self._set_step(
                 step,
@@ -315,7 +316,6 @@ class Reconciler:
                 "waiting: no healthy site the policies allow; " + "; ".join(why),
             )
             return
-        subjects = self._subjects(spec, step.name)
         failures: list[str] = []
         for option in candidates:
             site = option["site"]
@@ -489,9 +489,6 @@ class Reconciler:
         number = (step.attempt["number"] if step.attempt else 0) + 1
         folder = self.workspace.state_dir / "runs" / step.run_id / step.name / f"attempt-{number}"
         site_spec = self.workspace.site(site)
-        storage_url = site_spec.storage
-        if storage_url.startswith("file://") and not storage_url.startswith("file:///"):
-            storage_url = (self.workspace.root / storage_url.removeprefix("file://")).resolve().as_uri()
         write_context(
             folder,
             {
@@ -499,7 +496,10 @@ class Reconciler:
                 "step": step.name,
                 "attempt": number,
                 "site": site,
-                "storage": {"url": storage_url, "options": dict(site_spec.storage_options)},
+                "storage": {
+                    "url": self.workspace.storage_url(site),
+                    "options": dict(site_spec.storage_options),
+                },
                 "inputs": inputs,
                 "outputs": {n: o.model_dump(mode="json") for n, o in step.spec.outputs.items()},
                 "checkpoint": {
@@ -579,6 +579,11 @@ class Reconciler:
         folder = self.workspace.state_dir / "runs" / step.run_id / step.name / f"attempt-{attempt['number']}"
         events, offset = read_events(folder, attempt["events_offset"])
         age = heartbeat_age(folder)
+        attempt["heartbeat_age"] = age
+        beat = utcnow() - timedelta(seconds=age) if age is not None else None
+        recorded = attempt.get("heartbeat_at")
+        if not events and (beat is None or (recorded is not None and (beat - recorded).total_seconds() < 5)):
+            return  # nothing new: no write at every tick (the recorded heartbeat is informational, to 5 s)
         checkpoint, outputs = step.row["checkpoint"], dict(step.row["outputs"])
         metrics = []
         models: list[dict[str, Any]] = []
@@ -605,15 +610,15 @@ class Reconciler:
             row = session.get(RunAttemptRow, attempt["id"])
             assert row is not None
             row.events_offset = offset
-            if age is not None:
-                row.heartbeat_at = utcnow() - timedelta(seconds=age)
+            if beat is not None:
+                row.heartbeat_at = beat
             session.add_all(metrics)
             step_row = session.scalars(
                 select(RunStepRow).where(RunStepRow.run_id == step.run_id, RunStepRow.step == step.name)
             ).one()
             step_row.checkpoint, step_row.outputs = checkpoint, outputs
         attempt["events_offset"] = offset
-        attempt["heartbeat_age"] = age
+        attempt["heartbeat_at"] = beat if beat is not None else recorded
         step.row.update(checkpoint=checkpoint, outputs=outputs)
 
     def _datasets_of(self, spec: PipelineSpec, name: str, plan: dict[str, Any]) -> list[str]:

@@ -150,9 +150,10 @@ def _find(session: Any, run_id: str) -> RunRow:
     return run
 
 
-def get_run(engine: Engine, run_id: str) -> RunView:
+def get_run(engine: Engine, run_id: str, *, metrics: bool = True) -> RunView:
+    """One run (a unique id prefix is enough); ``metrics=False`` skips its metrics, for pollers."""
     with session_scope(engine) as session:
-        return _view(session, _find(session, run_id), details=True)
+        return _view(session, _find(session, run_id), details=metrics)
 
 
 def cancel_run(workspace: Workspace, engine: Engine, run_id: str) -> str:
@@ -174,7 +175,7 @@ def run_logs(
 ) -> list[tuple[str, int, str]]:
     """New output of every attempt (``(step, attempt, text)``), from ``offsets`` (updated in place)."""
     offsets = {} if offsets is None else offsets
-    view = get_run(engine, run_id)
+    view = get_run(engine, run_id, metrics=False)
     out = []
     for attempt in view.attempts:
         if (step is not None and attempt["step"] != step) or not attempt["job_id"]:

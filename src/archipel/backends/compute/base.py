@@ -19,13 +19,16 @@ class (STYLE 1). This module imports nothing beyond the standard library and :mo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
+import os
 import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +48,7 @@ __all__ = [
     "WithForget",
     "WithLogTail",
     "check_job_id",
+    "locked_state",
     "new_job_id",
 ]
 
@@ -278,6 +282,19 @@ class JobStatus:
             "message": self.message,
             "pid": self.pid,
         }
+
+
+@contextlib.contextmanager
+def locked_state(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir``'s lock file (``flock``): one launch at a time, in any process, checks capacity and
+    reserves or submits."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_job_id(job_id: object) -> str:

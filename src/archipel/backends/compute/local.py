@@ -24,7 +24,6 @@ count; ``cancel`` on a LOST job still stops its leftover processes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -32,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,6 +45,7 @@ from archipel.backends.compute.base import (
     WithForget,
     WithLogTail,
     check_job_id,
+    locked_state,
     new_job_id,
 )
 from archipel.errors import ComputeError, Conflict, NoCapacity, NotFound, SpecError
@@ -119,7 +118,8 @@ class LocalCompute(WithCapacity, WithLogTail, WithForget):
 
     def _launch(self, req: LaunchRequest) -> str:
         workdir = self._resolve_workdir(req.workdir)
-        with self._locked():
+        self._jobs.mkdir(parents=True, exist_ok=True)
+        with locked_state(self.state_dir):
             used = self._in_use()
             free = self._limits.minus(used)
             short = req.resources.shortfall(free)
@@ -240,17 +240,6 @@ class LocalCompute(WithCapacity, WithLogTail, WithForget):
         if not jobdir.is_dir():
             raise NotFound(f"no job {job_id!r} in {self._jobs}")
         return jobdir
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the state directory's lock: one launch at a time checks and reserves capacity."""
-        self._jobs.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:

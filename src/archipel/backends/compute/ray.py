@@ -50,8 +50,6 @@ How archipel's contract maps onto Ray's (see :mod:`archipel.backends.compute.bas
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import json
 import math
@@ -61,7 +59,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -77,6 +75,7 @@ from archipel.backends.compute.base import (
     WithCapacity,
     WithForget,
     WithLogTail,
+    locked_state,
     new_job_id,
 )
 from archipel.errors import ComputeError, Conflict, NoCapacity, NotFound, SiteUnavailable, SpecError
@@ -220,7 +219,7 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         return Resources(cpus=0) if scope is None else self._used(self._list_cluster(), scope)
 
     def _launch(self, req: LaunchRequest) -> str:
-        with self._locked():
+        with locked_state(self.state_dir):
             scope = self._make_scope()
             cluster = self._list_cluster()
             free = self._limits.minus(self._used(cluster, scope))
@@ -504,7 +503,7 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
             raise ComputeError(f"cannot read {path}: {exc}") from None
 
     def _make_scope(self) -> str:
-        """The scope token, made now if there is none yet. The caller holds :meth:`_locked`."""
+        """The scope token, made now if there is none yet. The caller holds :func:`locked_state`."""
         token = self._scope()
         if token is None:
             token = secrets.token_hex(16)
@@ -535,14 +534,3 @@ class RayJobsCompute(WithCapacity, WithLogTail, WithForget):
         tmp = folder / f".{job_id}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"ended_at": time.time()}), encoding="utf-8")
         os.replace(tmp, folder / job_id)  # readers see the whole record or none
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the state directory's lock: one launch at a time checks capacity and submits."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
