@@ -20,7 +20,7 @@ def test_tokens_are_stored_hashed_and_verified(demo_workspace: Any) -> None:
     whole, token = create_token(
         demo_workspace, engine, scope="infer", origins=["eu"], deployment="readmission"
     )
-    secret = whole.rsplit("_", 1)[1]
+    secret = whole.split("_", 2)[2]
     with session_scope(engine) as session:
         row = session.get(TokenRow, token.id)
         assert row is not None and secret not in repr(row.__dict__) and len(row.secret_sha256) == 64
@@ -57,6 +57,6 @@ def test_tokens_cli_prints_the_secret_once(capsys: pytest.CaptureFixture[str], d
     assert whole.startswith("arch_")
     code, out, _ = run(capsys, *w, "tokens", "ls", "--json")
     [listed] = __import__("json").loads(out)
-    assert whole.rsplit("_", 1)[1] not in out and listed["scope"] == "infer" and listed["origins"] == ["EU"]
+    assert whole.split("_", 2)[2] not in out and listed["scope"] == "infer" and listed["origins"] == ["EU"]
     assert run(capsys, *w, "tokens", "revoke", listed["id"])[0] == 0
     assert run(capsys, *w, "tokens", "revoke", "nope")[0] == 3
