@@ -9,8 +9,8 @@ the client's own CPU. ``archipel`` rows also split server CPU into the model's (
 launcher's wrapper around the model function) and the rest (HTTP, JSON, batching), and give the mean batch.
 
 1. Breast-cancer GradientBoostingClassifier (100 trees) via ``archipel.registry.convert``: ``archipel`` is
-   ``build_server`` with the default ``ServerConfig`` (max_batch 64, max_wait_ms 0) under uvicorn (uvloop,
-   httptools) as ``serve-replica`` runs it; ``fastapi+ort`` is the obvious baseline (``async def`` endpoint,
+   ``build_server`` with the default ``ServerConfig`` (max_batch 64, max_wait_ms 0) served by ``run_server``
+   (archipel's HTTP/1.1 layer on uvloop and httptools) as replicas run it; ``fastapi+ort`` is the obvious baseline (``async def`` endpoint,
    pydantic OIP models in and out, ``session.run`` per request, ``uvicorn --loop uvloop --http httptools
    --no-access-log``, one intra-op thread like archipel's: ORT's default spare thread spins on the pinned core and
    doubles the baseline's CPU); ``ort in-process`` is one row a ``session.run`` here, the limit. Diagnostic rows:
@@ -67,7 +67,7 @@ QUICK_RATE = 200
 LAUNCHER = """
 import sys, time
 onnx_path, signature_path, name, max_batch, max_wait_ms, counters_path = sys.argv[1:]
-import json, socket
+import json
 from archipel.serving.replica import build_server
 from archipel.serving.server import ModelServer, ServerConfig
 
@@ -88,12 +88,11 @@ if counters_path != "-":  # calls, rows, model CPU seconds, in a file the benchm
         counters[0] += 1; counters[1] += len(rows); counters[2] += time.thread_time() - start
         return outputs
     app = ModelServer(app.info, timed, app.config)
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", 0))
+from archipel.serving.http1 import listen
+from archipel.serving.server import run_server  # exactly how archipel's replicas run
+sock = listen("127.0.0.1", 0)
 print("LISTENING", sock.getsockname()[1], flush=True)
-from archipel.serving.asgi import run_uvicorn  # exactly how archipel's replicas run
-run_uvicorn(app, sock)
+run_server(app, sock)
 """
 
 BASELINE_APP = """

@@ -190,20 +190,15 @@ def gateway_command(
     ] = 30.0,
 ) -> None:
     """The front door: OIP v2 routes, bearer tokens, residency-aware routing, retries and failover."""
-    import socket
 
-    from archipel.serving.gateway import Gateway, GatewayConfig
+    from archipel.serving.gateway import Gateway, GatewayConfig, run_gateway, secret_from_env
+    from archipel.serving.http1 import listen
 
     ws = open_workspace()
-    app = Gateway(
-        ws,
-        open_engine(ws),
-        GatewayConfig(health_interval_s=health_interval_s, base_ejection_s=base_ejection_s),
+    config = GatewayConfig(
+        health_interval_s=health_interval_s, base_ejection_s=base_ejection_s, replica_secret=secret_from_env()
     )
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    app = Gateway(ws, open_engine(ws), config)
+    sock = listen(host, port)
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    from archipel.serving.asgi import run_uvicorn
-
-    run_uvicorn(app, sock)
+    run_gateway(app, sock)

@@ -21,18 +21,25 @@ once that time has passed and its health check succeeds. So a dead replica stops
 health interval plus one timeout, and no request fails meanwhile (retries go elsewhere). The routing table
 (deployments, replicas, model versions) is re-read from the metadata store every ``refresh_s``, so several
 gateways can run side by side; ejections, re-admissions and residency refusals are audited (not every request).
+
+The request path is callbacks on :mod:`archipel.serving.http1` (no coroutine, no ASGI cycle per request): a
+cached token, a cached residency decision, a pick and one write upstream; a replica that answers in time costs
+the gateway a few Python calls. Verifying a token not seen in the last ``token_cache_s`` goes to the metadata store
+off the event loop. Replicas get ``X-Archipel-Replica-Secret`` when the gateway has one (``ARCHIPEL_REPLICA_SECRET``),
+so replicas bound beyond loopback take traffic from gateways only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from sqlalchemy import Engine, select
 
@@ -43,13 +50,14 @@ from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
 from archipel.policy.jurisdiction import within
 from archipel.services.tokens import Token, verify_token
-from archipel.serving.asgi import Receive, Send, read_body
+from archipel.serving.http1 import JSON, Request, ServerConnection, UpstreamPool, serve
 from archipel.workspace import Workspace
 
-__all__ = ["Gateway", "GatewayConfig"]
+__all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
 log = logging.getLogger("archipel.gateway")
 _PASS = (b"x-request-id", b"traceparent", b"content-type")
+SECRET_ENV = "ARCHIPEL_REPLICA_SECRET"
 
 
 @dataclass
@@ -63,6 +71,7 @@ class GatewayConfig:
     retries: int = 2
     token_cache_s: float = 5.0
     max_body_bytes: int = 8 * 2**20
+    replica_secret: str | None = None
 
 
 @dataclass
@@ -79,9 +88,19 @@ class _Replica:
     ejected_until: float = 0.0
     healthy: bool = True
     served: int = 0
+    _pool: UpstreamPool | None = None
+
+    def __post_init__(self) -> None:
+        self.site_header = b"x-archipel-site: %s\r\n" % self.site.encode()
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
+
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            where = urlsplit(self.url)
+            self._pool = UpstreamPool(where.hostname or "127.0.0.1", where.port or 80)
+        return self._pool
 
 
 @dataclass
@@ -96,41 +115,56 @@ class _Deployment:
     canary_weight: float = 0.0
 
 
+@dataclass(slots=True)
+class _Route:
+    """A decision for requests with the same method, path, token and origin: refuse (``status``, ``body``), or
+    forward to ``allowed`` with ``prefix`` (the request line and fixed headers); ``/metrics`` is rendered each time."""
+
+    path: str
+    counted: str | None = None  # the deployment whose answers this counts
+    status: int = 0
+    body: bytes = b""
+    headers: bytes = JSON
+    deployment: _Deployment | None = None
+    allowed: list[_Replica] = field(default_factory=list)
+    origin: str | None = None
+    prefix: bytes = b""
+    cacheable: bool = True
+
+
 class Gateway:
-    """The ASGI application; ``start()`` (or the lifespan) begins the refresh and health loops."""
+    """The routing state and the request handler; ``start()`` begins the refresh and health loops, and
+    :func:`run_gateway` serves it."""
 
     def __init__(self, workspace: Workspace, engine: Engine, config: GatewayConfig | None = None) -> None:
         self.workspace, self.engine = workspace, engine
         self.config = config or GatewayConfig()
         self.deployments: dict[str, _Deployment] = {}
         self.replicas: dict[int, _Replica] = {}
-        self.tokens: dict[str, tuple[float, Token]] = {}
+        self.tokens: dict[bytes, tuple[float, Token | None]] = {}
+        self.answers: dict[tuple[str, int], int] = {}  # (deployment, status) -> count, for /metrics
         self._decisions: dict[tuple[str, int, str, str | None], bool] = {}
-        self._client: aiohttp.ClientSession | None = None
+        self._allowed_cache: dict[tuple[str, str | None, tuple[str, ...]], list[_Replica]] = {}
+        self._routes: dict[tuple[str, str, bytes | None, bytes | None], _Route] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._audited: dict[tuple[str, str], float] = {}
+        secret = self.config.replica_secret
+        self._secret = b"x-archipel-replica-secret: %s\r\n" % secret.encode() if secret else b""
         self.loaded = False
 
     # -- background loops ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # aiohttp's pool stays flat under load (httpx/httpcore's scans every connection per request: benchmarks/serving)
-        connector = aiohttp.TCPConnector(
-            limit=1024, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None
-        )
-        self._client = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.config.try_timeout_s),
-            auto_decompress=False,
-        )
         await self.refresh()
-        self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._health_loop())]
+        loops = (self._refresh_loop(), self._health_loop(), self._expire_loop())
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._client is not None:
-            await self._client.close()
+        for replica in self.replicas.values():
+            if replica._pool is not None:
+                replica._pool.close()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -150,7 +184,11 @@ class Gateway:
                 kept.append(known if known is not None else replica)
                 replicas[replica.id] = kept[-1]
             deployment.replicas = kept
+        for gone in self.replicas.keys() - replicas.keys():
+            if self.replicas[gone]._pool is not None:
+                self.replicas[gone].pool().close()
         self.deployments, self.replicas, self.loaded = table, replicas, True
+        self._allowed_cache, self._routes = {}, {}
 
     def _read_table(self) -> dict[str, _Deployment]:
         from archipel.services.models import get_version
@@ -176,6 +214,15 @@ class Gateway:
                 )
         return table
 
+    async def _expire_loop(self) -> None:
+        """Ten times a second: a request past its per-try timeout fails (and is retried elsewhere)."""
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for replica in self.replicas.values():
+                if replica._pool is not None:
+                    replica._pool.expire(now)
+
     async def _health_loop(self) -> None:
         while True:
             await asyncio.gather(
@@ -184,13 +231,21 @@ class Gateway:
             await asyncio.sleep(self.config.health_interval_s)
 
     async def _check(self, replica: _Replica) -> None:
-        assert self._client is not None
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
-            async with self._client.get(f"{replica.url}/v2/health/ready", timeout=timeout) as response:
-                ok = response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            ok = False
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def done(status: int, head: bytes, body: bytes) -> None:
+            answer.set_result(status == 200)
+
+        def failed(reason: str) -> None:
+            answer.set_result(False)
+
+        replica.pool().request(
+            b"GET /v2/health/ready HTTP/1.1\r\nhost: replica\r\n\r\n",
+            self.config.health_timeout_s,
+            done,
+            failed,
+        )
+        ok = await answer
         if ok and not replica.healthy:
             log.info("replica %s at %s is healthy again", replica.id, replica.site)
         if not ok and replica.healthy:
@@ -209,75 +264,105 @@ class Gateway:
 
     # -- requests -----------------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await self.start()
-                    await send({"type": "lifespan.startup.complete"})
-            await self.stop()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
-            return
-        path, method = scope["path"], scope["method"]
-        headers = dict(scope["headers"])
+    def handle(self, conn: ServerConnection, request: Request) -> None:
+        """Answer ``request`` on ``conn`` (see the module docstring), now or once its token is verified."""
+        path = request.path
         if path == "/v2/health/live":
-            return await _json(send, 200, {"live": True})
+            return conn.respond(request, 200, b'{"live":true}')
         if path == "/v2/health/ready":
-            return await _json(send, 200 if self.loaded else 503, {"ready": self.loaded})
-        needed = "infer" if path.endswith("/infer") else "read"
+            return conn.respond(
+                request, 200 if self.loaded else 503, b'{"ready":%s}' % (b"true" if self.loaded else b"false")
+            )
+        header = request.headers.get(b"authorization", b"")
+        cached = self.tokens.get(header)
+        if cached is not None and time.monotonic() - cached[0] < self.config.token_cache_s:
+            return self._route(conn, request, cached[1])
+        if header[:7].lower() != b"bearer ":
+            return self._route(conn, request, None)
+        asyncio.get_running_loop().create_task(self._verify(conn, request, header))
+
+    async def _verify(self, conn: ServerConnection, request: Request, header: bytes) -> None:
         try:
-            token = await self._token(headers.get(b"authorization", b"").decode("latin-1"))
-            if not (path == "/metrics" or path == "/v2" or path.startswith("/v2/models/")):
-                return await _json(send, 404, {"error": f"no route {path}"})
-            name = path.split("/")[3] if path.startswith("/v2/models/") else None
-            token.require(needed, deployment=name)
-        except Unauthorized as exc:
-            return await _json(send, 401, {"error": str(exc)}, [(b"www-authenticate", b"Bearer")])
+            token: Token | None = await asyncio.to_thread(
+                verify_token, self.engine, header[7:].strip().decode("latin-1")
+            )
+        except Unauthorized:
+            token = None
+        if len(self.tokens) > 10_000:
+            self.tokens.clear()
+        self.tokens[header] = (time.monotonic(), token)  # refusals too, so a bad token cannot flood the store
+        self._route(conn, request, token)
+
+    def _route(self, conn: ServerConnection, request: Request, token: Token | None) -> None:
+        headers = request.headers
+        key = (request.method, request.path, headers.get(b"authorization"), headers.get(b"x-archipel-origin"))
+        route = self._routes.get(key)
+        if route is None:
+            route = self._decide(request, token)
+            if route.cacheable:
+                if len(self._routes) > 10_000:
+                    self._routes.clear()
+                self._routes[key] = route
+        if route.status:
+            return self._answer(conn, request, route.counted, route.status, route.body, route.headers)
+        if route.deployment is None:  # /metrics
+            return conn.respond(request, 200, self._metrics(), b"content-type: text/plain; version=0.0.4\r\n")
+        passed = b"".join([b"%s: %s\r\n" % (k, headers[k]) for k in _PASS if k in headers])
+        data = b"%scontent-length: %d\r\n%s\r\n%s" % (route.prefix, len(request.body), passed, request.body)
+        self._try(_Call(self, conn, request, route.deployment, route.allowed, route.origin, data))
+
+    def _decide(self, request: Request, token: Token | None) -> _Route:
+        """What to do with requests like this one (method, path, token, origin): refuse them, or forward them to
+        these replicas. Kept until the routing table is next read (so at most ``refresh_s``)."""
+        path, method = request.path, request.method
+        if token is None:
+            return _Route(path, status=401, body=b'{"error":"a valid bearer token is required"}',
+                          headers=JSON + b"www-authenticate: Bearer\r\n", cacheable=False)  # fmt: skip
+        name = None
+        if path.startswith("/v2/models/"):
+            name = path.split("/", 4)[3]
+        elif path != "/metrics" and path != "/v2":
+            return _Route(path, status=404, body=orjson.dumps({"error": f"no route {path}"}))
+        try:
+            token.require(
+                "infer" if name is not None and path.endswith("/infer") else "read", deployment=name
+            )
         except Forbidden as exc:
-            return await _json(send, 403, {"error": str(exc)})
-        if path == "/metrics":
-            return await self._metrics(send)
-        if path == "/v2":
-            return await _json(send, 200, {"name": "archipel-gateway", "version": "2", "extensions": []})
-        assert name is not None
+            return _Route(path, status=403, body=orjson.dumps({"error": str(exc)}))
+        if name is None:
+            if path == "/metrics":
+                return _Route(path)
+            return _Route(path, status=200, body=b'{"name":"archipel-gateway","version":"2","extensions":[]}')
         deployment = self.deployments.get(name) or next(
             (d for d in self.deployments.values() if d.model == name), None
         )
         if deployment is None:
-            return await _json(send, 404, {"error": f"no deployment serves {name}"})
-        origin = headers.get(b"x-archipel-origin", b"").decode("latin-1").upper() or None
+            return _Route(
+                path, name, status=404, body=orjson.dumps({"error": f"no deployment serves {name}"})
+            )
+        origin_header = request.headers.get(b"x-archipel-origin")
+        origin = origin_header.decode("latin-1").upper() if origin_header else None
         if origin is not None and origin not in token.origins:
             self._refusal(token, origin)
-            return await _json(send, 403, {"error": f"token {token.id} may not assert origin {origin}"})
+            message = {"error": f"token {token.id} may not assert origin {origin}"}
+            return _Route(path, deployment.name, status=403, body=orjson.dumps(message))
         # residency governs answers computed from the model; its metadata may come from any replica
-        allowed = self._allowed(deployment, token, origin) if method == "POST" else list(deployment.replicas)
+        allowed = self._allowed(deployment, token, origin) if method == "POST" else deployment.replicas
         if not allowed:
-            return await _json(
-                send, 503, {"error": f"no replica of {deployment.name} may serve this origin now"}
-            )
-        body = b""
-        if method == "POST":
-            body = await read_body(receive, headers, self.config.max_body_bytes)
-            if body is None:
-                return await _json(send, 413, {"error": "the request body is too large"})
-        suffix = path.split(f"/v2/models/{name}", 1)[1]
-        forward = {k.decode(): v.decode("latin-1") for k, v in headers.items() if k in _PASS}
-        await self._forward(send, deployment, allowed, origin, method, f"/v2/models/{deployment.model}{suffix}",
-                            body, forward)  # fmt: skip
+            message = {"error": f"no replica of {deployment.name} may serve this origin now"}
+            return _Route(path, deployment.name, status=503, body=orjson.dumps(message))
+        target = f"/v2/models/{deployment.model}{path[11 + len(name) :]}"
+        prefix = f"{method} {target} HTTP/1.1\r\nhost: replica\r\n".encode() + self._secret
+        return _Route(
+            path, deployment.name, deployment=deployment, allowed=allowed, origin=origin, prefix=prefix
+        )
 
-    async def _token(self, header: str) -> Token:
-        presented = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        cached = self.tokens.get(presented)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self.config.token_cache_s:
-            return cached[1]
-        token = await asyncio.to_thread(verify_token, self.engine, presented)
-        if len(self.tokens) > 10_000:
-            self.tokens.clear()
-        self.tokens[presented] = (now, token)
-        return token
+    def _answer(self, conn: ServerConnection, request: Request, deployment: str | None, status: int, body: bytes,
+                headers: bytes = JSON) -> None:  # fmt: skip
+        if deployment is not None:
+            key = (deployment, status)
+            self.answers[key] = self.answers.get(key, 0) + 1
+        conn.respond(request, status, body, headers)
 
     def _servable(self, deployment: _Deployment, replica: _Replica, origin: str | None) -> bool:
         key = (deployment.name, replica.id, replica.site, origin)
@@ -290,8 +375,13 @@ class Gateway:
         return found
 
     def _allowed(self, deployment: _Deployment, token: Token, origin: str | None) -> list[_Replica]:
-        origins: list[str | None] = [origin] if origin is not None else (list(token.origins) or [None])
-        return [r for r in deployment.replicas if all(self._servable(deployment, r, o) for o in origins)]
+        key = (deployment.name, origin, token.origins)
+        found = self._allowed_cache.get(key)
+        if found is None:
+            origins: list[str | None] = [origin] if origin is not None else (list(token.origins) or [None])
+            found = [r for r in deployment.replicas if all(self._servable(deployment, r, o) for o in origins)]
+            self._allowed_cache[key] = found
+        return found
 
     def _refusal(self, token: Token, origin: str) -> None:
         key, now = (token.id, origin), time.monotonic()
@@ -313,55 +403,21 @@ class Gateway:
             canary = random.random() < deployment.canary_weight
             chosen = [r for r in usable if (r.version == deployment.canary_version) == canary]
             usable = chosen or usable  # one side has no usable replica: the other serves
-        if not usable:
-            return None
+        if len(usable) < 2:
+            return usable[0] if usable else None
         if deployment.prefer_local and origin is not None:
             local = [r for r in usable if within(r.jurisdiction, origin)]
             usable = local or usable
         return min(usable, key=lambda r: (r.in_flight, random.random()))
 
-    async def _forward(self, send: Send, deployment: _Deployment, allowed: list[_Replica], origin: str | None,
-                       method: str, path: str, body: bytes, headers: dict[str, str]) -> None:  # fmt: skip
-        assert self._client is not None
-        tried: set[int] = set()
-        last_error = "no replica is ready"
-        for attempt in range(self.config.retries + 1):
-            replica = self._pick(deployment, allowed, origin, tried)
-            if replica is None:
-                break
-            tried.add(replica.id)
-            replica.in_flight += 1
-            try:
-                async with self._client.request(
-                    method, replica.url + path, data=body or None, headers=headers
-                ) as response:
-                    status, content = response.status, await response.read()
-                    content_type = response.headers.get("content-type", "application/json")
-                    request_id = response.headers.get("x-request-id")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last_error = f"replica at {replica.site}: {type(exc).__name__}"
-                self._failed(replica)
-            else:
-                if status < 500:
-                    replica.failures = 0
-                    replica.served += 1
-                    out = [(b"content-type", content_type.encode()), (b"x-archipel-site", replica.site.encode()),
-                           (b"content-length", str(len(content)).encode())]  # fmt: skip
-                    if request_id:
-                        out.append((b"x-request-id", request_id.encode("latin-1")))
-                    await send({"type": "http.response.start", "status": status, "headers": out})
-                    await send({"type": "http.response.body", "body": content})
-                    if log.isEnabledFor(logging.DEBUG):
-                        log.debug("request %s -> %s at %s: %s", headers.get("x-request-id", "-"), replica.id,
-                                  replica.site, status)  # fmt: skip
-                    return
-                last_error = f"replica at {replica.site}: HTTP {status}"
-                self._failed(replica)
-            finally:
-                replica.in_flight -= 1
-            await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
-        log.warning("request %s: 503 (%s)", headers.get("x-request-id", "-"), last_error)
-        await _json(send, 503, {"error": f"no allowed replica could serve the request ({last_error})"})
+    def _try(self, call: _Call) -> None:
+        replica = self._pick(call.deployment, call.allowed, call.origin, call.tried)
+        if replica is None:
+            return call.give_up()
+        call.tried.add(replica.id)
+        call.replica = replica
+        replica.in_flight += 1
+        replica.pool().request(call.data, self.config.try_timeout_s, call.done, call.failed)
 
     def _failed(self, replica: _Replica) -> None:
         replica.failures += 1
@@ -372,24 +428,79 @@ class Gateway:
                         self.config.base_ejection_s * replica.ejections)  # fmt: skip
             self._audit("gateway.eject", replica)
 
-    async def _metrics(self, send: Send) -> None:
-        lines = ["# TYPE archipel_gateway_replica_requests_total counter"]
+    def _metrics(self) -> bytes:
+        lines = ["# TYPE archipel_gateway_replica_requests_total counter",
+                 "# TYPE archipel_gateway_replica_ejected gauge",
+                 "# TYPE archipel_gateway_replica_in_flight gauge"]  # fmt: skip
+        now = time.monotonic()
         for r in self.replicas.values():
             labels = f'deployment="{r.deployment}",site="{r.site}",replica="{r.id}"'
             lines.append(f"archipel_gateway_replica_requests_total{{{labels}}} {r.served}")
+            lines.append(f"archipel_gateway_replica_ejected{{{labels}}} {int(not r.usable(now))}")
+            lines.append(f"archipel_gateway_replica_in_flight{{{labels}}} {r.in_flight}")
+        lines.append("# TYPE archipel_gateway_responses_total counter")
+        for (deployment, status), count in sorted(self.answers.items()):
             lines.append(
-                f"archipel_gateway_replica_ejected{{{labels}}} {int(not r.usable(time.monotonic()))}"
+                f'archipel_gateway_responses_total{{deployment="{deployment}",code="{status}"}} {count}'
             )
-        body = ("\n".join(lines) + "\n").encode()
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-        )
-        await send({"type": "http.response.body", "body": body})
+        return ("\n".join(lines) + "\n").encode()
 
 
-async def _json(
-    send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *(extra or [])]})  # fmt: skip
-    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+class _Call:
+    """One infer or metadata request on its way to a replica: the tries so far and where the answer goes."""
+
+    __slots__ = ("allowed", "attempt", "conn", "data", "deployment", "error", "gateway", "origin", "replica",
+                 "request", "tried")  # fmt: skip
+
+    def __init__(self, gateway: Gateway, conn: ServerConnection, request: Request, deployment: _Deployment,
+                 allowed: list[_Replica], origin: str | None, data: bytes) -> None:  # fmt: skip
+        self.gateway, self.conn, self.request, self.deployment = gateway, conn, request, deployment
+        self.allowed, self.origin, self.data = allowed, origin, data
+        self.tried: set[int] = set()
+        self.attempt, self.error = 0, "no replica is ready"
+        self.replica: _Replica | None = None
+
+    def done(self, status: int, head: bytes, body: bytes) -> None:
+        replica = self.replica
+        assert replica is not None
+        replica.in_flight -= 1
+        if status >= 500:
+            return self.failed(f"HTTP {status}", counted=False)
+        replica.failures = 0
+        replica.served += 1
+        key = (self.deployment.name, status)
+        answers = self.gateway.answers
+        answers[key] = answers.get(key, 0) + 1
+        self.conn.respond_head(self.request, head + replica.site_header, body)
+
+    def failed(self, reason: str, counted: bool = True) -> None:
+        replica, gateway = self.replica, self.gateway
+        assert replica is not None
+        if counted:
+            replica.in_flight -= 1
+        self.error = f"replica at {replica.site}: {reason}"
+        gateway._failed(replica)
+        self.attempt += 1
+        if self.attempt > gateway.config.retries or self.conn.closed:
+            return self.give_up()
+        backoff = random.uniform(0.005, 0.02) * self.attempt
+        asyncio.get_running_loop().call_later(backoff, gateway._try, self)
+
+    def give_up(self) -> None:
+        request_id = self.request.headers.get(b"x-request-id", b"-").decode("latin-1")
+        log.warning("request %s: 503 (%s)", request_id, self.error)
+        message = {"error": f"no allowed replica could serve the request ({self.error})"}
+        self.gateway._answer(self.conn, self.request, self.deployment.name, 503, orjson.dumps(message))
+
+
+def run_gateway(gateway: Gateway, sock: socket.socket) -> None:
+    """Serve ``gateway`` on the listening ``sock`` until SIGTERM or SIGINT (requests in progress are answered)."""
+    import uvloop
+
+    uvloop.run(serve(gateway.handle, sock, max_body=gateway.config.max_body_bytes, on_start=gateway.start,
+                     on_stop=gateway.stop))  # fmt: skip
+
+
+def secret_from_env() -> str | None:
+    """The replicas' shared secret from ``ARCHIPEL_REPLICA_SECRET``, if set."""
+    return os.environ.get(SECRET_ENV) or None

@@ -2,14 +2,13 @@
 
 The spec (written by the deploy service next to the job) names the ONNX in the site's storage (URL, key, sha256),
 the model's name, version and signature, the bind address and batching. Nothing else is imported: no CLI, no
-metadata store, so a replica's cold start is ONNX Runtime's import, the model's load and uvicorn's start.
+metadata store, so a replica's cold start is ONNX Runtime's import, the model's load and the server's start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -19,8 +18,9 @@ __all__ = ["main"]
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     from archipel.backends.storage.registry import open_store
+    from archipel.serving.http1 import listen
     from archipel.serving.replica import build_server, check_bind
-    from archipel.serving.server import ServerConfig
+    from archipel.serving.server import ServerConfig, run_server
 
     storage = spec["storage"]
     onnx = open_store(storage["url"], storage.get("options") or {}).get(spec["key"])
@@ -36,13 +36,9 @@ def main(argv: list[str]) -> int:
 
         app.sampler = Sampler(open_store(storage["url"], storage.get("options") or {}), spec["sample_prefix"],
                               spec["sample_rate"], spec["signature"].get("feature_names"))  # fmt: skip
-    sock = socket.socket(socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(spec.get("port", 0))))
+    sock = listen(host, int(spec.get("port", 0)))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    from archipel.serving.asgi import run_uvicorn
-
-    run_uvicorn(app, sock)
+    run_server(app, sock)
     return 0
 
 

@@ -1,5 +1,5 @@
 """Starting a replica: a registry version's ONNX, read from a site's storage (checked against its sha256), loaded
-into ONNX Runtime and served by :class:`~archipel.serving.server.ModelServer` under uvicorn (uvloop, httptools)."""
+into ONNX Runtime and served by :class:`~archipel.serving.server.ModelServer` (uvloop, httptools)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from archipel.errors import SpecError
+from archipel.serving.http1 import listen
 from archipel.serving.oip import ModelInfo
-from archipel.serving.server import ModelServer, ServerConfig
+from archipel.serving.server import ModelServer, ServerConfig, run_server
 
 if TYPE_CHECKING:  # a replica's start-up should not pay for the metadata store's imports unless it needs them
     from sqlalchemy import Engine
@@ -68,8 +69,6 @@ def serve(
     config: ServerConfig, sample_rate: float = 0.0, sample_prefix: str | None = None,
 ) -> None:  # fmt: skip
     """Run a replica of ``ref`` from ``site``'s storage until interrupted; prints ``LISTENING port`` once ready."""
-    import socket
-
     from archipel.services.models import get_version, onnx_bytes
 
     secret = os.environ.get(secret_env) if secret_env else None
@@ -89,10 +88,6 @@ def serve(
             workspace.storage(site), prefix, sample_rate, version.signature.get("feature_names")
         )
     engine.dispose()
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = listen(host, port)
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    from archipel.serving.asgi import run_uvicorn
-
-    run_uvicorn(app, sock)
+    run_server(app, sock)
