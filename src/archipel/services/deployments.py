@@ -37,6 +37,7 @@ from archipel.executor.moves import allowed
 from archipel.models.deployment import DeploymentSpec
 from archipel.policy.audit import AuditLog
 from archipel.services.models import VersionView, get_version, replicate_model
+from archipel.services.offers import OfferRequest, find_offers
 from archipel.workspace import Workspace
 
 __all__ = [
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S = 90.0
+REPLICA_CPUS = 0.5
+SECRET_ENV = "ARCHIPEL_REPLICA_SECRET"
+"""When set where ``deploy`` runs, replicas require it (``X-Archipel-Replica-Secret``) and gateways started with the
+same variable send it."""
 DRAIN_S = 2.5
 """Between recording new replicas and stopping old ones: longer than a gateway's table refresh (1 s) plus a
 request's time, so no gateway sends to a replica that is already gone."""
@@ -82,7 +87,7 @@ def _view(session: Any, row: DeploymentRow) -> DeploymentView:
     return DeploymentView(
         row.name, row.model, row.version, row.state, dict(row.spec),
         [{"id": r.id, "site": r.site, "jurisdiction": r.jurisdiction, "version": r.version, "url": r.url,
-          "job_id": r.job_id} for r in replicas],
+          "job_id": r.job_id, "hourly_usd": r.hourly_usd} for r in replicas],
         row.previous_version, row.updated_at,
     )  # fmt: skip
 
@@ -123,12 +128,19 @@ def _start_replica(
         "max_wait_ms": spec.batching.max_wait_ms, "sample_rate": spec.sample_rate,
         "sample_prefix": f"samples/{version.model}/{version.version}/{site}",
     }  # fmt: skip
+    secret = os.environ.get(SECRET_ENV)
+    if secret:  # the replica takes requests only with it; it reaches the replica by inheritance, never a file
+        launch["secret_env"] = SECRET_ENV
     spec_file = folder / f"{site}-{secrets.token_hex(4)}.json"
     spec_file.write_text(json.dumps(launch), encoding="utf-8")
     argv = [sys.executable, "-m", "archipel.serving.launch", str(spec_file)]
     job_id = compute.launch(
         LaunchRequest(
-            argv, name=f"replica-{name}-{site}", resources=Resources(cpus=0.5), labels={"deployment": name}
+            argv,
+            name=f"replica-{name}-{site}",
+            resources=Resources(cpus=REPLICA_CPUS),
+            labels={"deployment": name},
+            secret_env={SECRET_ENV: secret} if secret else {},
         )
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -170,10 +182,17 @@ def _stop(workspace: Workspace, engine: Engine, replicas: list[dict[str, Any]]) 
 
 
 def _hourly(workspace: Workspace, site: str) -> float:
-    pricing = workspace.site(site).pricing
-    if pricing is not None and pricing.cpu_hour:
-        return 0.5 * pricing.cpu_hour  # a replica reserves half a cpu
-    return 0.0
+    """What a replica's reservation (half a CPU) costs an hour at ``site``: its share of the site's cheapest
+    on-demand offer from the price catalog (clouds) or of the amortized CPU price (owned hardware)."""
+    found = find_offers(workspace, OfferRequest(cpus=REPLICA_CPUS, sites=(site,)))
+    if not found:
+        return 0.0
+    cheapest = found[0]
+    return (
+        cheapest.hourly * min(1.0, REPLICA_CPUS / cheapest.offer.vcpus)
+        if cheapest.offer.vcpus
+        else cheapest.hourly
+    )
 
 
 def write_scrape_targets(workspace: Workspace, engine: Engine) -> Path:

@@ -57,7 +57,6 @@ __all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
 log = logging.getLogger("archipel.gateway")
 _PASS = (b"x-request-id", b"traceparent", b"content-type")
-SECRET_ENV = "ARCHIPEL_REPLICA_SECRET"
 
 
 @dataclass
@@ -466,6 +465,10 @@ class _Call:
         replica.in_flight -= 1
         if status >= 500:
             return self.failed(f"HTTP {status}", counted=False)
+        if status == 401:  # only a gateway without the replicas' secret hears this: not the caller's fault
+            return self.failed(
+                "it refused this gateway (is ARCHIPEL_REPLICA_SECRET the deployment's?)", counted=False
+            )
         replica.failures = 0
         replica.served += 1
         key = (self.deployment.name, status)
@@ -502,5 +505,5 @@ def run_gateway(gateway: Gateway, sock: socket.socket) -> None:
 
 
 def secret_from_env() -> str | None:
-    """The replicas' shared secret from ``ARCHIPEL_REPLICA_SECRET``, if set."""
-    return os.environ.get(SECRET_ENV) or None
+    """The replicas' shared secret from ``ARCHIPEL_REPLICA_SECRET`` (what ``deploy`` gave them), if set."""
+    return os.environ.get("ARCHIPEL_REPLICA_SECRET") or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def main(argv: list[str]) -> int:
         print(f"the ONNX at {spec['key']} does not match its sha256", file=sys.stderr)
         return 3
     host = spec.get("host", "127.0.0.1")
-    check_bind(host, None)
-    config = ServerConfig(max_batch=spec.get("max_batch", 64), max_wait_ms=spec.get("max_wait_ms", 0.0))
+    secret = os.environ.get(spec["secret_env"]) if spec.get("secret_env") else None
+    if spec.get("secret_env") and not secret:
+        print(f"the variable {spec['secret_env']} holding the replica secret is not set", file=sys.stderr)
+        return 3
+    check_bind(host, secret)
+    config = ServerConfig(max_batch=spec.get("max_batch", 64), max_wait_ms=spec.get("max_wait_ms", 0.0),
+                          secret=secret)  # fmt: skip
     app = build_server(onnx, spec["name"], str(spec["version"]), spec["signature"], config)
     if spec.get("sample_rate", 0) > 0:
         from archipel.serving.sampling import Sampler

@@ -145,8 +145,7 @@ class ModelServer:
             return conn.respond(request, 200, b'{"live":true}', JSON + extra)
         if path == "/v2/health/ready":
             return conn.respond(request, 200, b'{"ready":true}', JSON + extra)
-        given_secret = headers.get(b"x-archipel-replica-secret", b"")
-        if self._secret is not None and not hmac.compare_digest(given_secret, self._secret):
+        if self._secret is not None and not self._from_gateway(headers):
             body = b'{"error":"this replica takes traffic from gateways only"}'
             return conn.respond(request, 401, body, JSON + extra)
         if path == "/metrics" and method == "GET":
@@ -167,6 +166,15 @@ class ModelServer:
             message = {"error": f"this server serves {self.info.name} version {self.info.version}"}
             return conn.respond(request, 404, orjson.dumps(message), JSON + extra)
         return conn.respond(request, 404, orjson.dumps({"error": f"no route {path}"}), JSON + extra)
+
+    def _from_gateway(self, headers: dict[bytes, bytes]) -> bool:
+        """The secret in ``X-Archipel-Replica-Secret`` (gateways) or as a bearer token (Prometheus scrapes)."""
+        assert self._secret is not None
+        given = headers.get(b"x-archipel-replica-secret")
+        if given is None:
+            authorization = headers.get(b"authorization", b"")
+            given = authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
+        return hmac.compare_digest(given, self._secret)
 
     def _infer(self, conn: ServerConnection, request: Request, request_id: str, headers: bytes) -> None:
         started = time.perf_counter()
