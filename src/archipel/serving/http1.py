@@ -44,6 +44,13 @@ REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidd
 JSON = b"content-type: application/json\r\n"
 MAX_HEAD_BYTES = 64 * 1024
 MAX_PIPELINED = 128
+KEEP_ALIVE_1_0 = 2
+"""``Request.keep_alive`` of an HTTP/1.0 request that asked to be kept alive (its answer must say so)."""
+_TAILS = {
+    False: b"connection: close\r\n\r\n",
+    True: b"\r\n",
+    KEEP_ALIVE_1_0: b"connection: keep-alive\r\n\r\n",
+}
 
 
 def response_head(status: int, length: int, headers: bytes = JSON, close: bool = False) -> bytes:
@@ -110,7 +117,7 @@ class HTTPServer:
             for conn in list(self.connections):
                 if conn.begun and now - conn.begun > self.request_timeout_s:
                     conn.refuse(408, b'{"error":"the request took too long to arrive"}')
-                elif not conn.pending and now - conn.last > self.keepalive_s:
+                elif not conn.begun and not conn.pending and now - conn.last > self.keepalive_s:
                     conn.transport.close()
 
 
@@ -128,6 +135,7 @@ class ServerConnection(asyncio.Protocol):
         self.last, self.begun = time.monotonic(), 0.0
         self._out: list[bytes] = []
         self._flush_due = False
+        self._in_head, self._fed = False, 0
         self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0
 
     # -- transport events ------------------------------------------------------------------------------------
@@ -145,13 +153,28 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
+        self._fed = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.refuse(400, b'{"error":"protocol upgrades are not supported"}')
+            if self.begun:  # stopped inside a request (CONNECT): nothing was handed on
+                return self.refuse(400, b'{"error":"protocol upgrades are not supported"}')
+            # llhttp completed the request asking for the upgrade and it was handed on: it is answered over
+            # HTTP/1.1 (a server may ignore Upgrade), then the connection closes, as the parser reads no further
+            self.refused = True
+            if self.pending:
+                self.pending[-1].keep_alive = False
+            else:
+                self.transport.close()
+            return
         except httptools.HttpParserError as exc:
             if not self.refused:  # a callback's refusal surfaces here too
                 self.refuse(400, b'{"error":"malformed HTTP request: %s"}' % str(exc).encode()[:200])
+            return
+        if self._in_head:  # a head still arriving: bounded here, whatever part of it (URL, a header) grows
+            self._head += len(data)  # (what a head that arrived whole measures: on_headers_complete)
+            if self._head > MAX_HEAD_BYTES:
+                self.refuse(431, b'{"error":"the request head is too large"}')
 
     def pause_writing(self) -> None:  # the client does not read its answers: stop reading its requests
         self.writable = False
@@ -166,25 +189,29 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0
-        self.begun = time.monotonic()
+        self._in_head, self.begun = True, time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head += len(name) + len(value)
-        if self._head > MAX_HEAD_BYTES:
-            self.refuse(431, b'{"error":"the request head is too large"}')
-            raise ValueError("head too large")  # stops the parser
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        declared = self._headers.get(b"content-length")
+        self._in_head = False
+        headers = self._headers
+        if self._head + self._fed > MAX_HEAD_BYTES and (
+            len(self._url) + sum(len(k) + len(v) for k, v in headers.items()) > MAX_HEAD_BYTES
+        ):
+            self.refuse(431, b'{"error":"the request head is too large"}')
+            raise ValueError("head too large")
+        declared = headers.get(b"content-length")
         if declared is not None and int(declared) > self.server.max_body:
             self.refuse(413, b'{"error":"the request body is too large"}')
-            raise ValueError("body too large")
-        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+            raise ValueError("body too large")  # stops the parser
+        if not self.pending and headers.get(b"expect", b"").lower() == b"100-continue":
+            # (behind unanswered requests it would come before their answers: the client sends the body anyway
+            # once its wait for 100 is over)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -196,15 +223,17 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.begun = 0.0
-        url, parts = self._url, self._body
+        url, parts, parser = self._url, self._body, self.parser
         query = url.find(b"?")
         request = Request(
-            self.parser.get_method().decode("latin-1"),
+            parser.get_method().decode("latin-1"),
             (url if query < 0 else url[:query]).decode("latin-1"),
             self._headers,
             parts[0] if len(parts) == 1 else b"".join(parts),
-            self.parser.should_keep_alive(),
+            parser.should_keep_alive(),
         )
+        if request.keep_alive and parser.get_http_version() == "1.0":
+            request.keep_alive = KEEP_ALIVE_1_0  # says so in its answer, or the client closes
         self.pending.append(request)
         if len(self.pending) >= MAX_PIPELINED and not self.paused:
             self.paused = True
@@ -223,15 +252,15 @@ class ServerConnection(asyncio.Protocol):
         is the oldest unanswered, it goes out with any answered after it; when requests are still pending behind
         it, the write waits for the end of this turn of the event loop, to take their answers along."""
         if request.answer is None:
-            self._answer(request, response_head(status, len(body), headers, not request.keep_alive) + body)
+            reason = REASONS.get(status, b"Unknown")
+            self._answer(request, b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\n%s%s%s" % (
+                status, reason, len(body), headers, _TAILS[request.keep_alive], body))  # fmt: skip
 
     def respond_head(self, request: Request, head: bytes, body: bytes) -> None:
         """Answer with a head made elsewhere (status line, content-length and other header lines, each ending in
         CRLF, without the blank line): how a gateway passes a replica's answer on."""
         if request.answer is None:
-            self._answer(
-                request, head + (b"\r\n" if request.keep_alive else b"connection: close\r\n\r\n") + body
-            )
+            self._answer(request, head + _TAILS[request.keep_alive] + body)
 
     def _answer(self, request: Request, answer: bytes) -> None:
         if self.closed:
@@ -265,14 +294,15 @@ class ServerConnection(asyncio.Protocol):
             self.last = time.monotonic()
 
     def refuse(self, status: int, body: bytes) -> None:
-        """Answer ``status`` and close: the connection's byte stream cannot be trusted past this point."""
+        """Answer ``status`` after the answers still owed, and close: the connection's byte stream cannot be
+        trusted past this point, so nothing more is read."""
         if self.refused or self.closed:
             return
         self.refused = True
-        self.pending.clear()
-        self._out.clear()
-        self.transport.write(response_head(status, len(body), JSON, True) + body)
-        self.transport.close()
+        self.transport.pause_reading()
+        refusal = Request("", "", {}, b"", False)
+        self.pending.append(refusal)
+        self._answer(refusal, response_head(status, len(body), JSON, True) + body)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -421,6 +451,7 @@ class UpstreamPool:
             if not conn.closed and now - conn.idle_since < self.max_idle_s:
                 return conn.send(batch)
             conn.abort("idle too long")
+            self.discard(conn)  # now: the choice below must not fall on it
         if len(self.conns) + self.connecting < self.max_connections or not self.conns:
             self.loop.create_task(self._connect(batch))
         else:
