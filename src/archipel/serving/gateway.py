@@ -395,8 +395,11 @@ class Gateway:
         asyncio.get_running_loop().run_in_executor(None, write)
 
     def _pick(self, deployment: _Deployment, candidates: list[_Replica], origin: str | None,
-              tried: set[int]) -> _Replica | None:  # fmt: skip
+              tried: tuple[int, ...]) -> _Replica | None:  # fmt: skip
         now = time.monotonic()
+        if len(candidates) == 1 and deployment.canary_version is None:
+            only = candidates[0]
+            return only if only.id not in tried and only.healthy and now >= only.ejected_until else None
         usable = [r for r in candidates if r.id not in tried and r.usable(now)]
         if deployment.canary_version is not None:  # a weighted coin picks the canary or the stable version
             canary = random.random() < deployment.canary_weight
@@ -413,10 +416,11 @@ class Gateway:
         replica = self._pick(call.deployment, call.allowed, call.origin, call.tried)
         if replica is None:
             return call.give_up()
-        call.tried.add(replica.id)
+        call.tried += (replica.id,)
         call.replica = replica
+        call.deadline = time.monotonic() + self.config.try_timeout_s
         replica.in_flight += 1
-        replica.pool().request(call.data, self.config.try_timeout_s, call.done, call.failed)
+        replica.pool().submit(call)
 
     def _failed(self, replica: _Replica) -> None:
         replica.failures += 1
@@ -446,17 +450,18 @@ class Gateway:
 
 
 class _Call:
-    """One infer or metadata request on its way to a replica: the tries so far and where the answer goes."""
+    """One infer or metadata request on its way to a replica: the tries so far and where the answer goes; it is
+    its own upstream exchange (``data``, ``deadline``, ``done``, ``failed``: :meth:`UpstreamPool.submit`)."""
 
-    __slots__ = ("allowed", "attempt", "conn", "data", "deployment", "error", "gateway", "origin", "replica",
-                 "request", "tried")  # fmt: skip
+    __slots__ = ("allowed", "attempt", "conn", "data", "deadline", "deployment", "error", "gateway", "origin",
+                 "replica", "request", "tried")  # fmt: skip
 
     def __init__(self, gateway: Gateway, conn: ServerConnection, request: Request, deployment: _Deployment,
                  allowed: list[_Replica], origin: str | None, data: bytes) -> None:  # fmt: skip
         self.gateway, self.conn, self.request, self.deployment = gateway, conn, request, deployment
         self.allowed, self.origin, self.data = allowed, origin, data
-        self.tried: set[int] = set()
-        self.attempt, self.error = 0, "no replica is ready"
+        self.tried: tuple[int, ...] = ()
+        self.attempt, self.error, self.deadline = 0, "no replica is ready", 0.0
         self.replica: _Replica | None = None
 
     def done(self, status: int, head: bytes, body: bytes) -> None:
