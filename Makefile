@@ -52,6 +52,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/transfer.py
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/monitoring.py --setup  # Evidently in its own venv (.venv-bench), never archipel's
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

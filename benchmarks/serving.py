@@ -10,11 +10,12 @@ launcher's wrapper around the model function) and the rest (HTTP, JSON, batching
 
 1. Breast-cancer GradientBoostingClassifier (100 trees) via ``archipel.registry.convert``: ``archipel`` is
    ``build_server`` with the default ``ServerConfig`` (max_batch 64, max_wait_ms 0) served by ``run_server``
-   (archipel's HTTP/1.1 layer on uvloop and httptools) as replicas run it; ``fastapi+ort`` is the obvious baseline (``async def`` endpoint,
-   pydantic OIP models in and out, ``session.run`` per request, ``uvicorn --loop uvloop --http httptools
-   --no-access-log``, one intra-op thread like archipel's: ORT's default spare thread spins on the pinned core and
-   doubles the baseline's CPU); ``ort in-process`` is one row a ``session.run`` here, the limit. Diagnostic rows:
-   ``archipel wait=2`` (max_wait_ms 2: a batch waits for more) and ``archipel batch=1`` (no batching).
+   (archipel's HTTP/1.1 layer on uvloop and httptools) as replicas run it; ``fastapi+ort`` is the obvious
+   baseline (``async def`` endpoint, pydantic OIP models in and out, ``session.run`` per request, ``uvicorn
+   --loop uvloop --http httptools --no-access-log``, one intra-op thread like archipel's: ORT's default spare
+   thread spins on the pinned core and doubles the baseline's CPU); ``ort in-process`` is one row a
+   ``session.run`` here, the limit. Diagnostic rows: ``archipel wait=2`` (max_wait_ms 2: a batch waits for more)
+   and ``archipel batch=1`` (no batching).
 2. MLP 30-2048-2048-2048-2 (8.5 M float32 parameters, built in ONNX): archipel with max_batch 32, max_wait_ms 2 vs
    max_batch 1, at concurrency 32.
 3. Cold start: spawn to first 200 of archipel's launcher vs ``python -c 'import onnxruntime'``, both after a run
