@@ -58,14 +58,14 @@ def register_model(
     from archipel.services.models import register_version
     from archipel.workspace import load_workspace
 
-    converted, found, card = describe(
+    converted, found, card, reference = describe(
         model, sample_input, eval_data=eval_data, feature_names=feature_names, metrics=metrics
     )
     ws = load_workspace(Path(workspace) if workspace is not None else None)
     engine = connect(ws.db_url)
     try:
         version = register_version(ws, engine, name, converted, site=site, datasets=datasets or [], metrics=found,
-            params=params, card=card, description=description)  # fmt: skip
+            params=params, card=card, description=description, drift_reference=reference)  # fmt: skip
         return version.as_json()
     finally:
         engine.dispose()

@@ -150,4 +150,24 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
         refusals and refusals[-1].rule == summary_models["refused_rule"] == "default-personal-data-residency"
     )
     assert version.metrics == summary_models["metrics"]
+
+    # the serving step: no failed request while a site died, none answered outside the EU, the US origin refused;
+    # the killed site and the ejection are in the audit log, the replicas' hours in the ledger
+    from archipel.services.deployments import get_deployment
+
+    serving = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["serving"]
+    assert serving["failed"] == 0 and serving["requests"] == sum(serving["served_by_site"].values()) > 0
+    assert set(serving["served_by_site"]) <= {"onprem-frankfurt", "gcp-europe-west4"}
+    assert serving["served_by_site"]["onprem-frankfurt"] > serving["served_before_kill"]["onprem-frankfurt"]
+    assert serving["us_origin_status"] == 503 and 0 < serving["ejected_after_ms"] < 5000
+    log = AuditLog(engine, ws.state_dir)
+    assert [e.subject for e in log.entries(action="chaos.kill_site")] == [serving["killed_site"]]
+    assert any(e.sites == (serving["killed_site"],) for e in log.entries(action="gateway.unhealthy"))
+    assert get_deployment(engine, "readmission").state == "down"
+    with session_scope(engine) as session:
+        hours = [e for e in entries(session, kind="serving") if e.deployment_id == "readmission"]
+    assert sorted(e.site for e in hours) == sorted(serving["sites"]) and all(e.amount_usd >= 0 for e in hours)
+    assert (
+        f"{serving['requests']} EU requests through the gateway" in proc.stdout and "0 failed" in proc.stdout
+    )
     engine.dispose()

@@ -3,8 +3,8 @@
 Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks.
 The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
 policies, verified replication and the audit log, then a pipeline placed by residency, egress and price,
-run there with a killed worker recovered from its checkpoint, and its model registered, gated and copied
-only where its data allows.
+run there with a killed worker recovered from its checkpoint, its model registered, gated and copied only
+where its data allows, and served at two sites behind one gateway while one of them is killed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from archipel.cli.demo_data import data_step
 from archipel.cli.demo_models import models_step
 from archipel.cli.demo_plan import plan_step
 from archipel.cli.demo_run import run_step
+from archipel.cli.demo_serve import serve_step
 from archipel.db import connect
 from archipel.services.apply import apply_plan, plan_apply
 from archipel.services.init import init_workspace
@@ -115,6 +116,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     models_summary, models_checks = models_step(workspace, engine, out, run_summary["run_id"])
     summary["steps"]["models"] = models_summary
     checks.update(models_checks)
+    serve_summary, serve_checks = serve_step(workspace, engine, out)
+    summary["steps"]["serving"] = serve_summary
+    checks.update(serve_checks)
 
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
@@ -125,7 +129,8 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     out.print(
         f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
         "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls | "
-        "plan examples/pipeline.yaml | runs ls | runs show RUN | models show readmission | cost --by site"
+        "plan examples/pipeline.yaml | runs ls | runs show RUN | models show readmission | cost --by site | "
+        "deployments ls"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:

@@ -224,15 +224,19 @@ class JobContext:
         profile taken from ``sample_input``'s population when ``eval_data`` is given; the ONNX stored in this
         site's storage. The control plane then records the version with its lineage (this run, its datasets,
         code revision, site). Returns the ONNX's sha256."""
-        from archipel.registry.card import describe
+        from archipel.registry.card import describe, store_drift_reference
 
-        converted, found, card = describe(
+        converted, found, card, reference = describe(
             model, sample_input, eval_data=eval_data, feature_names=feature_names, metrics=dict(metrics or {})
         )
         sha = hashlib.sha256(converted.onnx).hexdigest()
         key = f"models/{name}/{sha}.onnx"
         if not self.store.exists(key):
             self.store.put(key, converted.onnx, expected_sha256=sha)
+        if (
+            reference is not None
+        ):  # stays at this site, next to the ONNX; only its pointer travels in the event
+            card["drift_reference"] = store_drift_reference(self.store, name, reference)
         self.events.emit(
             "model", name=name, key=key, sha256=sha, size=len(converted.onnx), flavor=converted.flavor,
             signature=converted.signature, check=converted.check, metrics=found,

@@ -1,15 +1,27 @@
 """The model card: evaluation metrics and permutation feature importance computed with the ONNX model itself
-(what will be served), and the training data's per-feature profile (the drift reference monitoring uses)."""
+(what will be served), and the evaluation data's per-feature profile (summary statistics, small enough for the
+metadata store). The drift reference (:func:`archipel.monitoring.drift.reference_profile`, quantile grids that
+are close to raw values) is computed here too, on request, but is never part of the card: the caller stores it
+in the model's site storage and the card records only a pointer to it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
 
-from archipel.registry.convert import run_onnx
+from archipel.registry.convert import Converted, convert, run_onnx
 
-__all__ = ["describe", "evaluate", "permutation_importance", "profile"]
+__all__ = [
+    "describe",
+    "drift_reference",
+    "evaluate",
+    "permutation_importance",
+    "profile",
+    "store_drift_reference",
+]
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 BINS = 10
@@ -118,6 +130,18 @@ def permutation_importance(
     return dict(sorted(out.items(), key=lambda item: -item[1]["mean"]))
 
 
+def drift_reference(onnx: bytes, signature: dict[str, Any], X: Any) -> dict[str, Any]:
+    """The drift reference of the evaluation rows ``X``: their features (named as in ``signature``) and the ONNX
+    model's predictions on them (labels for a classifier, values for a regressor), as monitoring compares them
+    with the rows a deployment serves. Close to raw values: it belongs next to the model, not in its card."""
+    # drift imports QUANTILES from this module: importing it at the top would be circular
+    from archipel.monitoring.drift import reference_profile
+
+    data = np.asarray(X, dtype=np.float32)
+    names = signature.get("feature_names") or [f"f{i}" for i in range(data.shape[1])]
+    return reference_profile(data, names, predictions=_predict(onnx, data, signature)[0])
+
+
 def describe(
     model: Any,
     sample_input: Any,
@@ -125,17 +149,30 @@ def describe(
     eval_data: tuple[Any, Any] | None = None,
     feature_names: list[str] | None = None,
     metrics: dict[str, float] | None = None,
-) -> tuple[Any, dict[str, float], dict[str, Any]]:
+) -> tuple[Converted, dict[str, float], dict[str, Any], dict[str, Any] | None]:
     """What registering a model takes: the checked ONNX conversion, its metrics (from ``eval_data`` with the
-    ONNX model, then the caller's), and its card (permutation importance and the evaluation data's profile)."""
-    from archipel.registry.convert import convert
-
+    ONNX model, then the caller's), its card (permutation importance and the evaluation data's profile), and the
+    :func:`drift_reference` of ``eval_data``'s rows (None without it), which goes next to the ONNX in site storage
+    (:func:`store_drift_reference`), never into the card."""
     converted = convert(model, sample_input, feature_names=feature_names)
     found = dict(metrics or {})
     card: dict[str, Any] = {}
+    reference = None
     if eval_data is not None:
         X, y = eval_data
         found = {**evaluate(converted.onnx, converted.signature, X, y), **found}
         card["importance"] = permutation_importance(converted.onnx, converted.signature, X, y)
         card["profile"] = profile(X, converted.signature.get("feature_names"))
-    return converted, found, card
+        reference = drift_reference(converted.onnx, converted.signature, X)
+    return converted, found, card, reference
+
+
+def store_drift_reference(store: Any, name: str, reference: dict[str, Any]) -> dict[str, Any]:
+    """Store ``reference`` content-addressed next to the ONNX of model ``name`` in a site's ``store``; the pointer
+    the card keeps (key, sha256, bytes)."""
+    data = json.dumps(reference, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"models/{name}/{sha}.drift-reference.json"
+    if not store.exists(key):
+        store.put(key, data, expected_sha256=sha)
+    return {"key": key, "sha256": sha, "bytes": len(data)}

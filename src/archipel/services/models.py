@@ -6,12 +6,18 @@ a failed registration leaves no row and burns no number), then one short transac
 (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``), takes ``latest_version + 1`` and inserts the version.
 A model inherits the residency of its training data: its classification is the most restrictive of its
 datasets', and every copy to another site is a ``derive_export`` decision of the policy engine, audited.
+
+A version registered with evaluation data also has a drift reference (per-feature quantile grids of that data:
+close to raw values, so as restricted as the data). It lives only in site storage, content-addressed next to the
+ONNX (``models/NAME/SHA256.drift-reference.json``), travels with every replica under the same decision, and the
+card in the metadata store holds only a pointer to it: ``{"key", "sha256", "bytes"}``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +36,7 @@ from archipel.executor.moves import move_object
 from archipel.models.gates import ClauseResult, evaluate_gate
 from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
+from archipel.registry.card import store_drift_reference
 from archipel.registry.convert import Converted
 from archipel.services.data import get_dataset, resolve_version
 from archipel.workspace import Workspace
@@ -39,6 +46,7 @@ __all__ = [
     "Promotion",
     "VersionView",
     "delete_version",
+    "drift_reference",
     "export_mlflow",
     "get_model",
     "get_version",
@@ -249,9 +257,14 @@ def register_version(
     description: str = "",
     tags: dict[str, str] | None = None,
     stored: bool = False,
+    drift_reference: dict[str, Any] | None = None,
 ) -> VersionView:
     """A new version of ``name`` at ``site``; ``datasets`` (refs) are its training data. ``stored`` says the ONNX
-    is already in the site's storage under its content key (a job published it)."""
+    is already in the site's storage under its content key (a job published it).
+
+    ``drift_reference`` (:func:`archipel.registry.card.drift_reference`) is stored at ``site`` next to the ONNX,
+    never in the metadata store: the card gets only its pointer. A ``card`` that already holds a pointer (a job
+    stored the reference at the site) is checked to exist there."""
     if not re.fullmatch(_NAME, name):
         raise SpecError(f"model name {name!r}: lowercase letters, digits and '-', at most 63")
     workspace.site(site)
@@ -275,6 +288,15 @@ def register_version(
             raise NotFound(f"the ONNX of {name} is not at {site} under {key}")
     elif not store.exists(key):
         store.put(key, converted.onnx, expected_sha256=sha)
+    card = {**(card or {}), "conversion_check": converted.check}
+    if drift_reference is not None:
+        if "drift_reference" in card:
+            raise SpecError("give the drift reference or a card pointing to a stored one, not both")
+        card["drift_reference"] = store_drift_reference(store, name, drift_reference)
+    elif (pointer := card.get("drift_reference")) is not None and not store.exists(
+        _pointer_key(pointer, name)
+    ):
+        raise NotFound(f"the drift reference of {name} is not at {site} under {pointer['key']}")
     strictest = max(sources, key=lambda d: _ORDER.index(d["classification"]), default=None)
     _ensure_model(engine, name)
     with session_scope(engine) as session:
@@ -285,7 +307,7 @@ def register_version(
             flavor=converted.flavor, signature=converted.signature, metrics=dict(metrics or {}),
             params={k: str(v) for k, v in (params or {}).items()},
             lineage={**(lineage or {}), "datasets": sources, "site": site},
-            card={**(card or {}), "conversion_check": converted.check},
+            card=card,
             classification=strictest["classification"] if strictest else "internal",
             jurisdiction=strictest["jurisdiction"] if strictest else workspace.site(site).jurisdiction,
             home_site=site, status="active", description=description, tags=dict(tags or {}),
@@ -297,6 +319,22 @@ def register_version(
     audit.record(action="model.register", subject=f"{name}/{version}", sites=[site], outcome="done",
         reason=f"{converted.flavor} -> ONNX, {len(converted.onnx)} bytes", details={"sha256": sha})  # fmt: skip
     return get_version(engine, f"{name}/{version}")
+
+
+def _pointer_key(pointer: Any, name: str) -> str:
+    """The key of a drift reference pointer a caller gave, refused unless it is one this module writes."""
+    key = pointer.get("key") if isinstance(pointer, dict) else None
+    sha = pointer.get("sha256") if isinstance(pointer, dict) else None
+    if (
+        not isinstance(sha, str)
+        or not re.fullmatch(r"[0-9a-f]{64}", sha)
+        or key != f"models/{name}/{sha}.drift-reference.json"
+        or not isinstance(pointer.get("bytes"), int)
+    ):
+        raise SpecError(
+            f"card['drift_reference'] must be {{key, sha256, bytes}} of a stored reference, not {pointer!r}"
+        )
+    return key
 
 
 # -- aliases and promotion ---------------------------------------------------------------------------------------
@@ -427,10 +465,15 @@ def replicate_model(workspace: Workspace, engine: Engine, ref: str, to_site: str
     workspace.site(to_site)
     if to_site in version.replicas:
         return version, 0
+    source = version.home_site if version.home_site in version.replicas else version.replicas[0]
     moved = move_object(workspace, engine, action="derive_export", subjects=version.subjects(),
         what=f"model {version.ref}", key=version.key, sha256=version.sha256, size=version.bytes,
-        src_site=version.replicas[0] if version.home_site not in version.replicas else version.home_site,
-        dst_site=to_site, run_id=None, tags={"model": version.model})  # fmt: skip
+        src_site=source, dst_site=to_site, run_id=None, tags={"model": version.model})  # fmt: skip
+    if (pointer := version.card.get("drift_reference")) is not None:
+        moved += move_object(workspace, engine, action="derive_export", subjects=version.subjects(),
+            what=f"drift reference of model {version.ref}", key=pointer["key"], sha256=pointer["sha256"],
+            size=pointer["bytes"], src_site=source, dst_site=to_site, run_id=None,
+            tags={"model": version.model})  # fmt: skip
     with session_scope(engine) as session:
         row = session.scalars(
             select(ModelVersionRow).where(
@@ -441,19 +484,41 @@ def replicate_model(workspace: Workspace, engine: Engine, ref: str, to_site: str
     return get_version(engine, version.ref), moved
 
 
-def onnx_bytes(workspace: Workspace, version: VersionView, site: str | None = None) -> bytes:
-    """The version's ONNX from ``site`` (default: its home, else any replica), checked against its sha256."""
+def _replica_bytes(
+    workspace: Workspace, version: VersionView, site: str | None, key: str, sha256: str, what: str
+) -> bytes:
+    """``key`` from ``site`` (default: the version's home, else any replica), checked against ``sha256``."""
     sites = [site] if site else [version.home_site, *version.replicas]
     for name in dict.fromkeys(sites):
         if name not in version.replicas:
             continue
-        data = workspace.storage(name).get(version.key)
-        if hashlib.sha256(data).hexdigest() != version.sha256:
-            raise IntegrityError(f"{version.ref} at {name} does not match its sha256")
+        data = workspace.storage(name).get(key)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise IntegrityError(f"{what} at {name} does not match its sha256")
         return data
     raise NotFound(
         f"{version.ref} has no replica at {site or 'any site'} (replicas: {', '.join(version.replicas)})"
     )
+
+
+def onnx_bytes(workspace: Workspace, version: VersionView, site: str | None = None) -> bytes:
+    """The version's ONNX from ``site`` (default: its home, else any replica), checked against its sha256."""
+    return _replica_bytes(workspace, version, site, version.key, version.sha256, version.ref)
+
+
+def drift_reference(workspace: Workspace, version: VersionView, site: str | None = None) -> dict[str, Any]:
+    """The version's drift reference (:func:`archipel.monitoring.drift.reference_profile`) from ``site``
+    (default: its home, else any replica), checked against the sha256 its card records. :class:`NotFound` when
+    the version has none (registered without evaluation data) or no replica at ``site``."""
+    pointer = version.card.get("drift_reference")
+    if pointer is None:
+        raise NotFound(
+            f"{version.ref} has no drift reference: it was registered without evaluation data (eval_data)"
+        )
+    data = _replica_bytes(
+        workspace, version, site, pointer["key"], pointer["sha256"], f"the drift reference of {version.ref}"
+    )
+    return dict(json.loads(data))
 
 
 def predict(
@@ -540,19 +605,22 @@ def update_model(
 
 
 def delete_version(workspace: Workspace, engine: Engine, ref: str) -> VersionView:
-    """Delete an archived version: its rows and its ONNX at every site holding it. Its number is never reused."""
+    """Delete an archived version: its rows, its ONNX and drift reference at every site holding them. Its number
+    is never reused."""
     version = get_version(engine, ref)
     if version.status != "archived":
         raise Conflict(f"archive {version.ref} before deleting it (archipel models archive {version.ref})")
-    shared = [
-        v.ref
-        for v in get_model(engine, version.model).versions
-        if v.sha256 == version.sha256 and v.version != version.version
-    ]
-    if not shared:  # another version with the same bytes keeps the content-addressed file
+    others = [v for v in get_model(engine, version.model).versions if v.version != version.version]
+    pointer = version.card.get("drift_reference")
+    for key in [version.key, *([pointer["key"]] if pointer else [])]:
         for site in version.replicas:
+            if any(
+                site in v.replicas and key in (v.key, v.card.get("drift_reference", {}).get("key"))
+                for v in others
+            ):
+                continue  # content-addressed: another version's copy at that site is the same file
             with contextlib.suppress(NotFound):
-                workspace.storage(site).delete(version.key)
+                workspace.storage(site).delete(key)
     with session_scope(engine) as session:
         row = session.scalars(
             select(ModelVersionRow).where(

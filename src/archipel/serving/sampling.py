@@ -71,7 +71,7 @@ class Sampler:
             for j in range(values.shape[1]):
                 columns[f"output_{name}" + (f"_{j}" if values.shape[1] > 1 else "")] = values[:, j]
         data = parquet_bytes(pa.table(columns))
-        key = f"{self.prefix}/{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}.parquet"
+        key = f"{self.prefix}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}.parquet"
         self.store.put(key, data)
         self.written += len(matrix)
         return key
