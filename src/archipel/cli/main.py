@@ -27,6 +27,7 @@ from archipel.cli.common import (
 from archipel.cli.cost_cmds import cost_command
 from archipel.cli.data_cmds import audit_app, data_app, policy_app
 from archipel.cli.model_cmds import models_app, runs_compare
+from archipel.cli.monitor_cmds import monitor_app, triggers_app
 from archipel.cli.plan_cmds import plan_command
 from archipel.cli.run_cmds import chaos_app, run_command, runs_app, server_command
 from archipel.cli.serve_cmds import (
@@ -63,6 +64,8 @@ app.add_typer(tokens_app, name="tokens")
 app.command("deploy")(deploy_command)
 app.add_typer(deployments_app, name="deployments")
 app.command("gateway")(gateway_command)
+app.add_typer(monitor_app, name="monitor")
+app.add_typer(triggers_app, name="triggers")
 
 
 def _print_version(value: bool) -> None:

@@ -233,10 +233,11 @@ def server_command(
         typer.Option("--exit-when-idle", help="Stop once no run is active (what `run --detach` starts)."),
     ] = False,
 ) -> None:
-    """The control process: reconciles runs (supervision, recovery) and autoscales deployments while it holds the
-    database lease."""
+    """The control process: reconciles runs (supervision, recovery), autoscales deployments and checks them for
+    drift and service levels (each deployment's monitoring.every_s) while it holds the database lease."""
     import os
     import socket
+    import threading
 
     from archipel.executor.lease import release, try_acquire
     from archipel.services.reconciler import POLL_S, Reconciler
@@ -247,6 +248,10 @@ def server_command(
     reconciler = Reconciler(ws, engine)
     idle_since = last_scale = time.monotonic()
     seen: dict = {}  # replica -> (when, requests served): the autoscaler's previous reading
+    tried: dict[str, float] = {}  # deployment -> when its monitoring last started
+    checking: threading.Thread | None = (
+        None  # drift checks (and the loops they start) run beside the reconciler
+    )
     try:
         while True:
             leader = try_acquire(engine, LEASE, holder)
@@ -254,6 +259,12 @@ def server_command(
             if leader and time.monotonic() - last_scale >= AUTOSCALE_S:
                 last_scale = time.monotonic()
                 _autoscale(ws, engine, seen)
+                if checking is None or not checking.is_alive():
+                    from archipel.services.monitoring import check_all, due_checks
+
+                    if due := due_checks(engine, tried):
+                        checking = threading.Thread(target=check_all, args=(ws, engine, due), daemon=True)
+                        checking.start()
             if active:
                 idle_since = time.monotonic()
             elif exit_when_idle and time.monotonic() - idle_since > 2.0:

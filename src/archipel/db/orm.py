@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from archipel.db.types import UTCDateTime, utcnow
 
 __all__ = [
+    "AlertRow",
     "AuditHeadRow",
     "AuditRow",
     "Base",
@@ -34,6 +35,7 @@ __all__ = [
     "DatasetRow",
     "DatasetVersionRow",
     "DeploymentRow",
+    "DriftReportRow",
     "LeaseRow",
     "ModelAliasEventRow",
     "ModelAliasRow",
@@ -440,3 +442,39 @@ class ReplicaRow(Base):
     hourly_usd: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class DriftReportRow(Base):
+    """One drift check of a deployment at one site: aggregates only (scores, verdicts, histograms with at least
+    ``min_count_per_bin`` rows a bin); the samples it read stay at the site."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(63), index=True)
+    site: Mapped[str] = mapped_column(String(63))
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    since: Mapped[datetime] = mapped_column()
+    until: Mapped[datetime] = mapped_column()
+    rows: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))
+    """drift, ok, or too-few-rows."""
+    share_drifted: Mapped[float | None] = mapped_column(Float, nullable=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AlertRow(Base):
+    """A drift verdict or a service-level breach, and what it started."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """drift or slo."""
+    deployment: Mapped[str] = mapped_column(String(63), index=True)
+    site: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

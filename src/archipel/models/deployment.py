@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from archipel.models.common import Name, StrictModel
 
-__all__ = ["Batching", "Canary", "DeploymentSpec", "Replicas"]
+__all__ = ["Batching", "Canary", "DeploymentSpec", "Monitoring", "Replicas", "Slo"]
 
 
 class Replicas(StrictModel):
@@ -40,6 +40,32 @@ class Canary(StrictModel):
     """Share of requests it serves (among the replicas a request may use)."""
 
 
+class Slo(StrictModel):
+    """Service levels checked on the replicas' own counters; a breach raises an ``slo`` alert."""
+
+    error_rate: float = Field(0.01, ge=0, le=1)
+    """Largest share of answers with a 5xx status."""
+    p99_ms: float = Field(250.0, gt=0)
+    """Largest 99th percentile of the time from request to answer, in milliseconds."""
+
+
+class Monitoring(StrictModel):
+    """Drift monitoring where the samples are: ``archipel monitor run`` (and ``archipel server``, every
+    ``every_s``) compares each site's recent samples with the model version's reference."""
+
+    window_s: float = Field(3600.0, gt=0)
+    """How far back the samples of one check reach."""
+    every_s: float = Field(3600.0, ge=10)
+    """How often ``archipel server`` checks."""
+    min_rows: int = Field(100, ge=1)
+    """Fewer sampled rows than this at a site: no verdict there (too little to tell)."""
+    min_count_per_bin: int = Field(10, ge=1)
+    """Every number that leaves a site describes at least this many rows (histogram bins, category counts)."""
+    drift_share: float = Field(0.5, gt=0, le=1)
+    """Dataset drift when at least this share of the features drifted."""
+    slo: Slo = Field(default_factory=Slo)
+
+
 class DeploymentSpec(StrictModel):
     """A model served at one or more sites."""
 
@@ -56,6 +82,7 @@ class DeploymentSpec(StrictModel):
     0 turns sampling off."""
     prefer_local: bool = True
     """Route a request to a replica in its origin's jurisdiction when one is ready."""
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @field_validator("model")
     @classmethod

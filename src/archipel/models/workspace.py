@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from archipel.models.common import Name, StrictModel
 from archipel.models.cost import BudgetSpec
+from archipel.models.monitoring import AlertsSpec, TriggerSpec
 from archipel.models.policy import PolicyRule
 from archipel.models.registry import ModelSpec
 from archipel.models.site import SiteSpec
@@ -42,6 +43,10 @@ class WorkspaceSpec(StrictModel):
     """Spending limits keyed by name, checked against the cost ledger."""
     models: dict[Name, ModelSpec] = Field(default_factory=dict)
     """Per model: the promotion gates of its aliases."""
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    """Where drift and service-level alerts are sent besides the audit log, the log and the metrics."""
+    triggers: dict[Name, TriggerSpec] = Field(default_factory=dict)
+    """Keyed by name: which alerts of which deployment start which retraining pipeline."""
 
     @field_validator("policies")
     @classmethod

@@ -181,17 +181,15 @@ def _stop(workspace: Workspace, engine: Engine, replicas: list[dict[str, Any]]) 
                 deployment_id=row.deployment, description=f"replica {row.id} of {row.deployment}")  # fmt: skip
 
 
-def _hourly(workspace: Workspace, site: str) -> float:
-    """What a replica's reservation (half a CPU) costs an hour at ``site``: its share of the site's cheapest
-    on-demand offer from the price catalog (clouds) or of the amortized CPU price (owned hardware)."""
-    found = find_offers(workspace, OfferRequest(cpus=REPLICA_CPUS, sites=(site,)))
+def hourly_share(workspace: Workspace, site: str, cpus: float = REPLICA_CPUS) -> float:
+    """What ``cpus`` reserved at ``site`` cost an hour (a replica's half CPU by default): their share of the site's
+    cheapest on-demand offer from the price catalog (clouds) or of the amortized CPU price (owned hardware)."""
+    found = find_offers(workspace, OfferRequest(cpus=cpus, sites=(site,)))
     if not found:
         return 0.0
     cheapest = found[0]
     return (
-        cheapest.hourly * min(1.0, REPLICA_CPUS / cheapest.offer.vcpus)
-        if cheapest.offer.vcpus
-        else cheapest.hourly
+        cheapest.hourly * min(1.0, cpus / cheapest.offer.vcpus) if cheapest.offer.vcpus else cheapest.hourly
     )
 
 
@@ -269,7 +267,7 @@ def deploy(workspace: Workspace, engine: Engine, spec: DeploymentSpec) -> Deploy
             jurisdiction = workspace.site(r["site"]).jurisdiction
             session.add(ReplicaRow(deployment=spec.name, site=r["site"], jurisdiction=jurisdiction,
                 version=r["version"], url=r["url"], job_id=r["job_id"], state="running",
-                hourly_usd=_hourly(workspace, r["site"])))  # fmt: skip
+                hourly_usd=hourly_share(workspace, r["site"])))  # fmt: skip
     if old_ids:  # the new replicas are ready and recorded; gateways re-read the table, then the old ones stop
         time.sleep(DRAIN_S)
     _stop(workspace, engine, old_ids)
@@ -368,7 +366,7 @@ def autoscale(
                 for r in started:
                     session.add(ReplicaRow(deployment=name, site=site, jurisdiction=workspace.site(site).jurisdiction,
                         version=version.version, url=r["url"], job_id=r["job_id"], state="running",
-                        hourly_usd=_hourly(workspace, site)))  # fmt: skip
+                        hourly_usd=hourly_share(workspace, site)))  # fmt: skip
         elif want < len(replicas):
             victim = max(replicas, key=lambda r: r["id"])
             with session_scope(engine) as session:  # out of the table first, so gateways stop sending to it

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from archipel.db.engine import session_scope
-from archipel.db.orm import DeploymentRow, ReplicaRow
+from archipel.db.orm import AlertRow, DeploymentRow, DriftReportRow, ReplicaRow
 from archipel.errors import Forbidden, Unauthorized
 from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
@@ -145,6 +145,9 @@ class Gateway:
         self._decisions: dict[tuple[str, int, str, str | None], bool] = {}
         self._allowed_cache: dict[tuple[str, str | None, tuple[str, ...]], list[_Replica]] = {}
         self._routes: dict[tuple[str, str, bytes | None, bytes | None], _Route] = {}
+        self.monitoring: tuple[
+            dict[tuple[str, str], tuple[str, float | None]], dict[tuple[str, str], int]
+        ] = ({}, {})
         self._tasks: list[asyncio.Task[None]] = []
         self._audited: dict[tuple[str, str], float] = {}
         secret = self.config.replica_secret
@@ -196,6 +199,19 @@ class Gateway:
         with session_scope(self.engine) as session:
             rows = list(session.scalars(select(DeploymentRow).where(DeploymentRow.state != "down")))
             replicas = list(session.scalars(select(ReplicaRow).where(ReplicaRow.state == "running")))
+            checks = session.execute(  # the latest drift verdict per deployment and site, for /metrics
+                select(DriftReportRow.deployment, DriftReportRow.site, DriftReportRow.verdict,
+                       DriftReportRow.share_drifted).order_by(DriftReportRow.id.desc()).limit(500)
+            ).all()  # fmt: skip
+            alerts = session.execute(
+                select(AlertRow.deployment, AlertRow.kind, func.count()).group_by(
+                    AlertRow.deployment, AlertRow.kind
+                )
+            ).all()
+        drift: dict[tuple[str, str], tuple[str, float | None]] = {}
+        for deployment, site, verdict, share in checks:
+            drift.setdefault((deployment, site), (verdict, share))
+        self.monitoring = (drift, {(d, k): n for d, k, n in alerts})
         for row in rows:
             version = get_version(self.engine, f"{row.model}/{row.version}")
             subjects, canary_version, weight = version.subjects(), None, 0.0
@@ -446,6 +462,16 @@ class Gateway:
             lines.append(
                 f'archipel_gateway_responses_total{{deployment="{deployment}",code="{status}"}} {count}'
             )
+        drift, alerts = self.monitoring  # from the metadata store, as every gateway sees it
+        lines += ["# TYPE archipel_drift_detected gauge", "# TYPE archipel_drift_share gauge"]
+        for (deployment, site), (verdict, share) in sorted(drift.items()):
+            labels = f'deployment="{deployment}",site="{site}"'
+            lines.append(f"archipel_drift_detected{{{labels}}} {int(verdict == 'drift')}")
+            if share is not None:
+                lines.append(f"archipel_drift_share{{{labels}}} {share}")
+        lines.append("# TYPE archipel_alerts_total counter")
+        for (deployment, kind), count in sorted(alerts.items()):
+            lines.append(f'archipel_alerts_total{{deployment="{deployment}",kind="{kind}"}} {count}')
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -1,0 +1,163 @@
+"""``archipel monitor`` and ``archipel triggers``: drift where the samples are, alerts, and what they start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from archipel.cli.common import open_engine, open_workspace
+
+__all__ = ["monitor_app", "triggers_app"]
+
+monitor_app = typer.Typer(
+    help="Drift and service levels per site: status, run, report, alerts.", no_args_is_help=True
+)
+triggers_app = typer.Typer(help="Which alerts start which retraining pipeline.", no_args_is_help=True)
+
+
+def _window(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise typer.BadParameter(f"{text!r}: write a duration like 30m, 1h or 2d") from None
+
+
+def _table(reports: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from archipel.cli import render
+
+    if not reports:
+        render.console().print(
+            "No drift check yet: `archipel monitor run DEPLOYMENT` (or `archipel server`)."
+        )
+        return
+    for r in reports:
+        colour = "red" if r["verdict"] == "drift" else "green" if r["verdict"] == "ok" else "yellow"
+        render.console().print(
+            f"[bold]{r['deployment']}[/] at [bold]{r['site']}[/] ({r['model']}/{r['version']}): [{colour}]"
+            f"{r['verdict']}[/], {r['rows']} rows {r['since'][:19]} → {r['until'][:19]} UTC"
+            + (f"; {r['share_drifted']:.0%} of features drifted" if r["share_drifted"] is not None else "")
+            + (f" ({r['note']})" if r.get("note") else ""),
+            highlight=False,
+        )
+        if not r["features"]:
+            continue
+        table = Table("feature", "test", "score", "threshold", "PSI", "verdict", "rows")
+        for f in [*r["features"], *r["predictions"]]:
+            verdict = "[red]drift[/]" if f.get("drifted") else "ok"
+            table.add_row(str(f["feature"]), str(f.get("test")), "-" if f.get("score") is None else f"{f['score']:.4g}",
+                          str(f.get("threshold")), "-" if f.get("psi") is None else f"{f['psi']:.3f}", verdict,
+                          str(f.get("current_rows", "")))  # fmt: skip
+        render.console().print(table)
+
+
+@monitor_app.command("status")
+def monitor_status_command(
+    deployment: Annotated[str | None, typer.Argument(help="One deployment (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every site's latest drift check side by side: per feature its test, score, threshold and verdict."""
+    from archipel.cli.common import print_json
+    from archipel.services.monitoring import monitor_status
+
+    ws = open_workspace()
+    reports = monitor_status(open_engine(ws), deployment)
+    print_json(reports) if as_json else _table(reports)
+
+
+@monitor_app.command("run")
+def monitor_run_command(
+    deployment: Annotated[str, typer.Argument()],
+    window: Annotated[
+        str | None, typer.Option(help="How far back (30m, 1h, 2d); default the deployment's.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check now: a drift job at each site holding samples, the service levels from the replicas; alerts fire
+    their triggers."""
+    from archipel.cli.common import print_json
+    from archipel.services.monitoring import check_slo, run_monitor
+
+    ws = open_workspace()
+    engine = open_engine(ws)
+    reports = run_monitor(ws, engine, deployment, window_s=_window(window) if window else None)
+    slo = check_slo(ws, engine, deployment)
+    if as_json:
+        print_json({"drift": reports, "slo": slo})
+        return
+    _table(reports)
+    from archipel.cli import render
+
+    for row in slo:
+        p99 = "-" if row["p99_ms"] is None else f"<= {row['p99_ms']:g} ms"
+        render.console().print(
+            f"{row['site']}: {row['answers']} answers, {row['error_rate']:.2%} errors, p99 {p99}"
+        )
+
+
+@monitor_app.command("report")
+def monitor_report_command(
+    deployment: Annotated[str, typer.Argument()],
+    html: Annotated[Path, typer.Option("--html", help="Where to write the page.")] = Path("drift.html"),
+) -> None:
+    """A page with every site's latest verdict and per-feature distributions (reference vs recent requests)."""
+    from archipel.cli import render
+    from archipel.errors import NotFound
+    from archipel.monitoring.report_html import render_report
+    from archipel.services.monitoring import monitor_status
+
+    ws = open_workspace()
+    reports = monitor_status(open_engine(ws), deployment)
+    if not reports:
+        raise NotFound(f"no drift check of {deployment} yet: run `archipel monitor run {deployment}`")
+    html.write_text(render_report(deployment, reports), encoding="utf-8")
+    render.console().print(f"wrote {html} ({len(reports)} sites)")
+
+
+@monitor_app.command("alerts")
+def monitor_alerts_command(
+    deployment: Annotated[str | None, typer.Argument()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent alerts, newest first."""
+    from rich.table import Table
+
+    from archipel.cli import render
+    from archipel.cli.common import print_json
+    from archipel.services.monitoring import list_alerts
+
+    ws = open_workspace()
+    alerts = list_alerts(open_engine(ws), deployment)
+    if as_json:
+        print_json(alerts)
+        return
+    table = Table("id", "when (UTC)", "kind", "deployment", "site", "reason")
+    for a in alerts:
+        table.add_row(
+            str(a["id"]), a["created_at"][:19], a["kind"], a["deployment"], a["site"] or "-", a["reason"]
+        )
+    render.console().print(table)
+
+
+@triggers_app.command("ls")
+def triggers_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The triggers of archipel.yaml: alert kinds, deployment, pipeline, gate alias, rollout, cooldown."""
+    from rich.table import Table
+
+    from archipel.cli import render
+    from archipel.cli.common import print_json
+
+    ws = open_workspace()
+    rows = [{"name": n, **t.model_dump()} for n, t in sorted(ws.spec.triggers.items())]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("trigger", "on", "deployment", "pipeline", "gate of", "rollout", "cooldown")
+    for r in rows:
+        table.add_row(r["name"], ", ".join(r["on"]), r["deployment"], r["pipeline"], r["promote_to"],
+                      "yes" if r["rollout"] else "no", f"{r['cooldown_s']:g} s")  # fmt: skip
+    render.console().print(table)
