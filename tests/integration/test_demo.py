@@ -133,8 +133,8 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     from archipel.services.models import get_version, onnx_bytes
 
     summary_models = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["models"]
-    version = get_version(engine, "readmission@production")
-    assert version.version == summary_models["version"] and version.sha256 == summary_models["sha256"]
+    version = get_version(engine, f"readmission/{summary_models['version']}")  # (production moves on in step 8)
+    assert version.version == summary_models["version"] == 1 and version.sha256 == summary_models["sha256"]
     assert version.lineage["run_id"] == summary_run["run_id"] == summary_models["run_id"]
     assert [d["ref"] for d in version.lineage["datasets"]] == summary_models["datasets"]
     assert version.replicas == sorted(summary_models["replicas"]) and "aws-us-east-1" not in version.replicas
@@ -166,8 +166,33 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     assert get_deployment(engine, "readmission").state == "down"
     with session_scope(engine) as session:
         hours = [e for e in entries(session, kind="serving") if e.deployment_id == "readmission"]
-    assert sorted(e.site for e in hours) == sorted(serving["sites"]) and all(e.amount_usd >= 0 for e in hours)
+    assert set(serving["sites"]) <= {e.site for e in hours} and all(e.amount_usd > 0 for e in hours)
     assert (
         f"{serving['requests']} EU requests through the gateway" in proc.stdout and "0 failed" in proc.stdout
     )
+
+    # the monitoring step: the stored reports, the alert, the loop's audit trail and the new version agree
+    from archipel.services.monitoring import list_alerts, monitor_status
+
+    monitoring = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["monitoring"]
+    stored = {r["site"]: r for r in monitor_status(engine, "readmission")}
+    for site, figures in monitoring["reports"].items():
+        assert (stored[site]["id"], stored[site]["verdict"], stored[site]["rows"], stored[site]["drifted"]) == (
+            figures["id"], figures["verdict"], figures["rows"], figures["drifted"])  # fmt: skip
+    assert (
+        stored["onprem-frankfurt"]["drifted"] == ["glucose"] and stored["gcp-europe-west4"]["verdict"] == "ok"
+    )
+    assert [(a["kind"], a["site"]) for a in list_alerts(engine, "readmission")] == [
+        ("drift", "onprem-frankfurt")
+    ]
+    loop = monitoring["loop"]
+    assert loop["stage"] == "rolled-out" and monitoring["version_after"] == loop["version"] == 2
+    retrained = get_version(engine, f"readmission/{loop['version']}")
+    assert retrained.lineage["run_id"] == loop["run_id"] and retrained.home_site != "aws-us-east-1"
+    assert get_version(engine, "readmission@production").version == loop["version"]
+    steps = ("monitor.", "trigger.", "model.promote", "deployment.")
+    trail = [e.action for e in log.entries() if e.action.startswith(steps)]
+    assert trail[-8:] == ["monitor.drift", "monitor.drift", "monitor.alert", "trigger.fire", "model.promote",
+                          "deployment.deploy", "trigger.rolled-out", "deployment.down"], trail  # fmt: skip
+    assert log.verify().ok
     engine.dispose()

@@ -4,7 +4,8 @@ Every figure printed is computed here and written to a JSON summary that the dem
 The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
 policies, verified replication and the audit log, then a pipeline placed by residency, egress and price,
 run there with a killed worker recovered from its checkpoint, its model registered, gated and copied only
-where its data allows, and served at two sites behind one gateway while one of them is killed.
+where its data allows, served at two sites behind one gateway while one of them is killed, and watched for
+drift where its requests are: the drifted site found, the model retrained, gated and rolled out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.rule import Rule
 from archipel.cli import render
 from archipel.cli.demo_data import data_step
 from archipel.cli.demo_models import models_step
+from archipel.cli.demo_monitor import monitor_step
 from archipel.cli.demo_plan import plan_step
 from archipel.cli.demo_run import run_step
 from archipel.cli.demo_serve import serve_step
@@ -119,6 +121,9 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
     serve_summary, serve_checks = serve_step(workspace, engine, out)
     summary["steps"]["serving"] = serve_summary
     checks.update(serve_checks)
+    monitor_summary, monitor_checks = monitor_step(workspace, engine, out)
+    summary["steps"]["monitoring"] = monitor_summary
+    checks.update(monitor_checks)
 
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
@@ -130,7 +135,7 @@ def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
         f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
         "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls | "
         "plan examples/pipeline.yaml | runs ls | runs show RUN | models show readmission | cost --by site | "
-        "deployments ls"
+        "monitor status | monitor report readmission --html drift.html | triggers ls"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:

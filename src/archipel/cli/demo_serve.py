@@ -35,9 +35,10 @@ def serve_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict
     import httpx
 
     out.print(Rule("7. Serving: one gateway over two EU sites, one of them killed mid-traffic"))
+    spec = DeploymentSpec(name="readmission", model="readmission@production", sites=SITES, sample_rate=0)
     view = deploy(
-        workspace, engine, DeploymentSpec(name="readmission", model="readmission@production", sites=SITES)
-    )
+        workspace, engine, spec
+    )  # (no request samples here: step 8 watches a distribution of its own)
     out.print(f"Deployed {view.model} v{view.version} at {', '.join(r['site'] for r in view.replicas)}")
     token = create_token(workspace, engine, scope="infer", name="demo", origins=["EU", "US"])[0]
     gateway = subprocess.Popen(

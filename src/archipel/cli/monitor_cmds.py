@@ -9,7 +9,7 @@ import typer
 
 from archipel.cli.common import open_engine, open_workspace
 
-__all__ = ["monitor_app", "triggers_app"]
+__all__ = ["monitor_app", "show_reports", "triggers_app"]
 
 monitor_app = typer.Typer(
     help="Drift and service levels per site: status, run, report, alerts.", no_args_is_help=True
@@ -25,7 +25,7 @@ def _window(text: str) -> float:
         raise typer.BadParameter(f"{text!r}: write a duration like 30m, 1h or 2d") from None
 
 
-def _table(reports: list[dict[str, Any]]) -> None:
+def show_reports(reports: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     from archipel.cli import render
@@ -44,6 +44,8 @@ def _table(reports: list[dict[str, Any]]) -> None:
             + (f" ({r['note']})" if r.get("note") else ""),
             highlight=False,
         )
+        for outcome in r.get("loop", []):
+            render.console().print(f"  trigger {outcome['trigger']}: {outcome['stage']}: {outcome['reason']}")
         if not r["features"]:
             continue
         table = Table("feature", "test", "score", "threshold", "PSI", "verdict", "rows")
@@ -66,7 +68,7 @@ def monitor_status_command(
 
     ws = open_workspace()
     reports = monitor_status(open_engine(ws), deployment)
-    print_json(reports) if as_json else _table(reports)
+    print_json(reports) if as_json else show_reports(reports)
 
 
 @monitor_app.command("run")
@@ -89,7 +91,7 @@ def monitor_run_command(
     if as_json:
         print_json({"drift": reports, "slo": slo})
         return
-    _table(reports)
+    show_reports(reports)
     from archipel.cli import render
 
     for row in slo:

@@ -174,7 +174,8 @@ def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, sit
     audit.record(action="monitor.drift", subject=name, sites=[site], outcome=verdict, reason=reason,
                  details={"report_id": view["id"], "share_drifted": share})  # fmt: skip
     if verdict == "drift":
-        raise_alert(workspace, engine, "drift", name, site, reason, {"report_id": view["id"]})
+        outcomes = raise_alert(workspace, engine, "drift", name, site, reason, {"report_id": view["id"]})
+        view["loop"] = [o.as_json() for o in outcomes]
     return view
 
 
