@@ -313,3 +313,20 @@ def test_the_server_schedule_checks_each_deployment_every_interval(loop: Loop) -
     later = time.time() + 3601  # monitoring.every_s defaults to an hour
     assert due_checks(loop.engine, tried, now=later) == ["readmission"]
     assert due_checks(loop.engine, tried, now=later + 60) == []  # just tried: not again before the interval
+
+
+def test_a_service_level_breach_on_the_replicas_own_counters_raises_an_slo_alert(loop: Loop) -> None:
+    from archipel.db.engine import session_scope
+    from archipel.db.orm import DeploymentRow
+    from archipel.services.monitoring import check_slo, list_alerts
+
+    figures = check_slo(loop.ws, loop.engine, "readmission")  # the defaults: 1 % errors, p99 250 ms
+    answered = {f["site"] for f in figures if f["answers"]}
+    assert answered and all(f["error_rate"] == 0 and f["p99_ms"] <= 250 for f in figures if f["answers"])
+    assert not [a for a in list_alerts(loop.engine) if a["kind"] == "slo"]
+    with session_scope(loop.engine) as session:  # a deployment asking for the impossible
+        row = session.get(DeploymentRow, "readmission")
+        row.spec = {**row.spec, "monitoring": {**row.spec["monitoring"], "slo": {"p99_ms": 0.0001}}}
+    check_slo(loop.ws, loop.engine, "readmission")
+    slo = [a for a in list_alerts(loop.engine) if a["kind"] == "slo"]
+    assert {a["site"] for a in slo} == answered and all("p99" in a["reason"] for a in slo)
