@@ -133,7 +133,9 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     from archipel.services.models import get_version, onnx_bytes
 
     summary_models = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["models"]
-    version = get_version(engine, f"readmission/{summary_models['version']}")  # (production moves on in step 8)
+    version = get_version(
+        engine, f"readmission/{summary_models['version']}"
+    )  # (production moves on in step 8)
     assert version.version == summary_models["version"] == 1 and version.sha256 == summary_models["sha256"]
     assert version.lineage["run_id"] == summary_run["run_id"] == summary_models["run_id"]
     assert [d["ref"] for d in version.lineage["datasets"]] == summary_models["datasets"]

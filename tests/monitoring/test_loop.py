@@ -199,6 +199,7 @@ def test_the_drifted_site_and_feature_are_flagged_and_no_other(loop: Loop) -> No
     assert frankfurt["rows"] >= 2000 and netherlands["rows"] >= 2000  # what the samplers had written
     assert frankfurt["verdict"] == "drift" and frankfurt["drifted"] == ["glucose"], frankfurt["features"]
     assert netherlands["verdict"] == "ok" and netherlands["drifted"] == [], netherlands["features"]
+    assert frankfurt["schema"]["ok"] and netherlands["schema"]["ok"]  # training and serving schemas agree
     glucose = next(f for f in frankfurt["features"] if f["feature"] == "glucose")
     assert glucose["test"] == "wasserstein" and glucose["score"] > glucose["threshold"] == 0.1
     assert glucose["psi"] > 0.2
@@ -276,6 +277,7 @@ def test_the_cli_the_page_and_the_gauges_show_every_site(loop: Loop, tmp_path: P
     assert verdicts == {FRANKFURT: "drift", NETHERLANDS: "ok"}
     table = _cli(loop, "monitor", "status")
     assert "glucose" in table.stdout and FRANKFURT in table.stdout and NETHERLANDS in table.stdout
+    assert "every site side by side" in table.stdout
     page = tmp_path / "drift.html"
     assert _cli(loop, "monitor", "report", "readmission", "--html", str(page)).returncode == 0
     text = page.read_text()

@@ -35,6 +35,7 @@ def show_reports(reports: list[dict[str, Any]]) -> None:
             "No drift check yet: `archipel monitor run DEPLOYMENT` (or `archipel server`)."
         )
         return
+    _side_by_side(reports)
     for r in reports:
         colour = "red" if r["verdict"] == "drift" else "green" if r["verdict"] == "ok" else "yellow"
         render.console().print(
@@ -44,6 +45,12 @@ def show_reports(reports: list[dict[str, Any]]) -> None:
             + (f" ({r['note']})" if r.get("note") else ""),
             highlight=False,
         )
+        skew = r.get("schema") or {}
+        if skew and not skew.get("ok", True):
+            missing, extra, changed = skew.get("missing"), skew.get("extra"), skew.get("type_changes")
+            render.console().print(
+                f"  [yellow]schema skew[/]: missing {missing}, extra {extra}, types {changed}"
+            )
         for outcome in r.get("loop", []):
             render.console().print(f"  trigger {outcome['trigger']}: {outcome['stage']}: {outcome['reason']}")
         if not r["features"]:
@@ -54,6 +61,32 @@ def show_reports(reports: list[dict[str, Any]]) -> None:
             table.add_row(str(f["feature"]), str(f.get("test")), "-" if f.get("score") is None else f"{f['score']:.4g}",
                           str(f.get("threshold")), "-" if f.get("psi") is None else f"{f['psi']:.3f}", verdict,
                           str(f.get("current_rows", "")))  # fmt: skip
+        render.console().print(table)
+
+
+def _side_by_side(reports: list[dict[str, Any]]) -> None:
+    """Per deployment with several sites: one row per feature, one column per site (score and test)."""
+    from rich.table import Table
+
+    from archipel.cli import render
+
+    by_deployment: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        by_deployment.setdefault(r["deployment"], []).append(r)
+    for name, group in by_deployment.items():
+        if len(group) < 2:
+            continue
+        cells: dict[str, dict[str, str]] = {}
+        for r in group:
+            for f in [*r["features"], *r["predictions"]]:
+                text = "-" if f.get("score") is None else f"{f['score']:.3g} {f.get('test')}"
+                cells.setdefault(str(f["feature"]), {})[r["site"]] = (
+                    f"[red]{text}[/]" if f.get("drifted") else text
+                )
+        table = Table("feature", *(f"{r['site']}\n{r['verdict']}, {r['rows']} rows" for r in group),
+                      title=f"{name}: every site side by side")  # fmt: skip
+        for feature, by_site in cells.items():
+            table.add_row(feature, *(by_site.get(r["site"], "-") for r in group))
         render.console().print(table)
 
 

@@ -6,7 +6,8 @@ window, the model version's drift reference (key and sha256, in the same storage
 reads the samples (raw rows, which stay here), profiles them against the reference with at least
 ``min_count_per_bin`` rows behind every number, runs the tests, and writes only aggregates to
 ``output_key`` in the site's storage: the report (per feature: test, score, threshold, verdict, PSI, row counts)
-and, per numeric feature, the reference's and the window's histograms over the reference's deciles. Nothing else
+and, per numeric feature, the reference's and the window's histograms over the reference's deciles, and the
+skew between the training and serving schemas (features missing, extra, or of another type). Nothing else
 is imported: no CLI, no metadata store.
 """
 
@@ -30,7 +31,7 @@ def profile_window(store: Any, spec: dict[str, Any]) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from archipel.monitoring.drift import DriftConfig, current_profile, detect
+    from archipel.monitoring.drift import DriftConfig, current_profile, detect, schema_skew
 
     raw = store.get(spec["reference_key"])
     if hashlib.sha256(raw).hexdigest() != spec["reference_sha256"]:
@@ -58,6 +59,11 @@ def profile_window(store: Any, spec: dict[str, Any]) -> dict[str, Any]:
         return out | {"report": None, "histograms": {}}
     table = pa.concat_tables(tables)
     rows = int(table.num_rows)
+    served = {f.name: f.type.to_pandas_dtype() for f in table.schema if f.name not in ("request_id", "at")}
+    served = {n: t for n, t in served.items() if not n.startswith("output_")}
+    # names and types; the order is the signature's by construction (the stored reference keeps its keys sorted)
+    ordered = {n: served[n] for n in features if n in served} | served
+    skew = schema_skew(reference, ordered).to_dict()
     X = {name: table.column(name).to_numpy() for name in features if name in table.column_names}
     outputs = [c for c in table.column_names if c.startswith("output_")]
     predictions = None
@@ -77,7 +83,7 @@ def profile_window(store: Any, spec: dict[str, Any]) -> dict[str, Any]:
         for name, ref in reference["features"].items()
         if ref["kind"] == "numeric" and "histogram" in current["features"][name]
     }
-    return out | {"rows": rows, "report": report.to_dict(), "histograms": histograms}
+    return out | {"rows": rows, "report": report.to_dict(), "histograms": histograms, "schema": skew}
 
 
 def main(argv: list[str]) -> int:

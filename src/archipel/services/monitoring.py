@@ -4,8 +4,9 @@
 (:mod:`archipel.monitoring.site_job`) is launched on that site's own compute, next to the samples and to the model
 version's drift reference (both stay there), and writes only aggregates back to the site's storage; those
 (scores, verdicts, histograms with at least ``min_count_per_bin`` rows a bin) are what reach the metadata store.
-The job goes to the site of its samples, not through the planner: its input cannot move (raw samples never
-leave their site), so the only placement the planner could find is that site. ``check_slo`` reads the replicas'
+The job goes to the site of its samples directly, not through the planner's optimizer: its
+input cannot move (raw samples never leave their site), so that site is the only placement; the policy engine is
+still asked (``process`` of the model's data there) and its decision audited. ``check_slo`` reads the replicas'
 own counters (error rate, p99). Either can raise an alert: a row, an audit entry, a log line, the webhook of
 ``alerts:`` and, through the gateways, Prometheus gauges. An alert fires the ``triggers:`` that name its
 deployment and kind: the pipeline runs where the policies allow, the version it registers meets the alias's
@@ -33,6 +34,7 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import AlertRow, DriftReportRow, ReplicaRow
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NotFound, PolicyViolation
+from archipel.executor.moves import allowed
 from archipel.models.deployment import DeploymentSpec
 from archipel.models.monitoring import TriggerSpec
 from archipel.policy.audit import AuditLog
@@ -64,7 +66,7 @@ def _report_view(row: DriftReportRow) -> dict[str, Any]:
         "share_drifted": row.share_drifted, "drifted": [f["feature"] for f in features if f.get("drifted")],
         "features": features, "predictions": (report.get("report") or {}).get("predictions") or [],
         "histograms": report.get("histograms") or {}, "min_count_per_bin": report.get("min_count_per_bin"),
-        "note": report.get("note"), "created_at": row.created_at.isoformat(),
+        "note": report.get("note"), "schema": report.get("schema"), "created_at": row.created_at.isoformat(),
     }  # fmt: skip
 
 
@@ -99,6 +101,11 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
     jobs: dict[str, tuple[str, str, float]] = {}
     for site in _sample_sites(engine, name, version.version):
         if site not in version.replicas:  # (no reference there: the model itself never was)
+            continue
+        ok, why = allowed(workspace, "process", version.subjects(), site)
+        audit.record(action="policy.process", subject=f"drift check of {name}", sites=[site],
+                     outcome="allowed" if ok else "refused", reason=why or "read where they are")  # fmt: skip
+        if not ok:  # the samples stay where they are, unread
             continue
         site_spec = workspace.site(site)
         output_key = f"monitoring/{name}/{site}/{int(until)}-{secrets.token_hex(4)}.json"
