@@ -11,8 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
 
+# the demo serves models behind a gateway: the core install takes the serve extra (uvloop, httptools, orjson, httpx)
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	$(UV) -e .
+	$(UV) -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
