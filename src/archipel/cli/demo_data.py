@@ -12,10 +12,10 @@ from archipel.cli import render_data
 from archipel.data.synthetic import write_patients_csv, write_reference_csv
 from archipel.errors import PolicyViolation
 from archipel.policy.audit import AuditLog
-from archipel.services.data import add_dataset, list_datasets, replicate_dataset
+from archipel.services.data import add_dataset, list_datasets, read_dataset, replicate_dataset
 from archipel.workspace import Workspace
 
-__all__ = ["data_step"]
+__all__ = ["data_step", "patient_rows"]
 
 EU_PATIENTS, US_PATIENTS, REFERENCE = 4000, 3000, 30000
 
@@ -94,3 +94,11 @@ def data_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[
         "audit_verified": report.ok,
     }
     return summary, checks
+
+
+def patient_rows(workspace: Workspace, engine: Engine, features: list[str], site: str) -> Any:
+    """patients-eu as the model takes it (float32, ``features`` in order), read at ``site`` (Arrow, no pandas)."""
+    import numpy as np
+
+    table = read_dataset(workspace, engine, "patients-eu", at_site=site)
+    return np.column_stack([table.column(name).to_numpy() for name in features]).astype(np.float32)

@@ -11,8 +11,8 @@ from rich.rule import Rule
 from sqlalchemy import Engine
 
 from archipel.cli import render_models
+from archipel.cli.demo_data import patient_rows
 from archipel.errors import PolicyViolation
-from archipel.services.data import read_dataset
 from archipel.services.models import get_model, predict, promote, replicate_model
 from archipel.workspace import Workspace
 
@@ -42,8 +42,7 @@ def models_step(
         refused_rule = exc.rule
         out.print(f"[red]Refused[/] {copied.ref} → aws-us-east-1 by rule [bold]{exc.rule}[/]: {exc.reason}")
     features = version.signature["feature_names"]
-    table = read_dataset(workspace, engine, "patients-eu", at_site=version.home_site, as_pandas=True)
-    rows = table[features].head(50).astype("float32").to_numpy().tolist()
+    rows = patient_rows(workspace, engine, features, version.home_site)[:50].tolist()
     home = predict(workspace, engine, "readmission@production", rows, site=version.home_site)["outputs"]
     there = predict(workspace, engine, "readmission@production", rows, site=others[0])["outputs"]
     diff = float(np.abs(np.asarray(home["probabilities"]) - np.asarray(there["probabilities"])).max())

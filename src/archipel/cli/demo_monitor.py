@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.rule import Rule
 from sqlalchemy import Engine
 
+from archipel.cli.demo_data import patient_rows
 from archipel.cli.demo_models import GATE
 from archipel.cli.demo_run import DEMO_RUN
 from archipel.cli.monitor_cmds import show_reports
 from archipel.models.deployment import DeploymentSpec
-from archipel.services.data import read_dataset
 from archipel.services.deployments import deploy, down, get_deployment
 from archipel.services.models import get_version
 from archipel.services.monitoring import run_monitor
@@ -46,8 +46,7 @@ def monitor_step(
     before = get_deployment(engine, "readmission").version
     try:
         features = get_version(engine, "readmission@production").signature["feature_names"]
-        table = read_dataset(workspace, engine, "patients-eu", at_site=DRIFTED, as_pandas=True)
-        rows = table[features].to_numpy(dtype=np.float32)
+        rows = patient_rows(workspace, engine, features, DRIFTED)
         rng = np.random.default_rng(8)
         shift = float(rows[:, features.index(SHIFTED)].std())
         for site in (DRIFTED, STEADY):

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.rule import Rule
 from sqlalchemy import Engine
 
+from archipel.cli.demo_data import patient_rows
 from archipel.models.deployment import DeploymentSpec
 from archipel.services.chaos import kill_site, revive_site
-from archipel.services.data import read_dataset
 from archipel.services.deployments import deploy, down
 from archipel.services.models import get_version
 from archipel.services.sites import check_sites
@@ -50,8 +50,7 @@ def serve_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict
         line = gateway.stdout.readline() if gateway.stdout else ""
         url = f"http://127.0.0.1:{int(line.split()[1])}"
         features = get_version(engine, "readmission@production").signature["feature_names"]
-        table = read_dataset(workspace, engine, "patients-eu", at_site=SITES[0], as_pandas=True)
-        rows = table[features].head(8).astype("float32").to_numpy()
+        rows = patient_rows(workspace, engine, features, SITES[0])[:8]
         body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
                             "data": rows.reshape(-1).tolist()}]}  # fmt: skip
         eu = {"Authorization": f"Bearer {token}", "X-Archipel-Origin": "EU"}
