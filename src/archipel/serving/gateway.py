@@ -141,6 +141,7 @@ class Gateway:
         self.deployments: dict[str, _Deployment] = {}
         self.replicas: dict[int, _Replica] = {}
         self.tokens: dict[bytes, tuple[float, Token | None]] = {}
+        self._verifying: dict[bytes, list[tuple[ServerConnection, Request]]] = {}
         self.answers: dict[tuple[str, int], int] = {}  # (deployment, status) -> count, for /metrics
         self._decisions: dict[tuple[str, int, str, str | None], bool] = {}
         self._allowed_cache: dict[tuple[str, str | None, tuple[str, ...]], list[_Replica]] = {}
@@ -290,23 +291,48 @@ class Gateway:
             )
         header = request.headers.get(b"authorization", b"")
         cached = self.tokens.get(header)
-        if cached is not None and time.monotonic() - cached[0] < self.config.token_cache_s:
-            return self._route(conn, request, cached[1])
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            if age < self.config.token_cache_s:
+                if age > self.config.token_cache_s / 2 and header not in self._verifying:  # refresh ahead
+                    self._verifying[header] = []
+                    asyncio.get_running_loop().create_task(self._verify(header))
+                return self._route(conn, request, cached[1])
         if header[:7].lower() != b"bearer ":
             return self._route(conn, request, None)
-        asyncio.get_running_loop().create_task(self._verify(conn, request, header))
+        waiting = self._verifying.get(header)
+        if waiting is not None:  # one look-up in the store per token, however many requests wait for it
+            waiting.append((conn, request))
+            return
+        self._verifying[header] = [(conn, request)]
+        asyncio.get_running_loop().create_task(self._verify(header))
 
-    async def _verify(self, conn: ServerConnection, request: Request, header: bytes) -> None:
+    async def _verify(self, header: bytes) -> None:
         try:
             token: Token | None = await asyncio.to_thread(
                 verify_token, self.engine, header[7:].strip().decode("latin-1")
             )
         except Unauthorized:
             token = None
+        except (
+            Exception
+        ):  # the store is unreachable: a token verified lately still serves, for twice its cache time
+            log.exception("verifying a token failed")
+            known = self.tokens.get(header)
+            fresh = known is not None and time.monotonic() - known[0] < 2 * self.config.token_cache_s
+            for conn, request in self._verifying.pop(header, []):
+                if fresh and known is not None and known[1] is not None:
+                    self._route(conn, request, known[1])
+                else:
+                    conn.respond(
+                        request, 503, b'{"error":"tokens cannot be verified now; try again shortly"}'
+                    )
+            return
         if len(self.tokens) > 10_000:
             self.tokens.clear()
         self.tokens[header] = (time.monotonic(), token)  # refusals too, so a bad token cannot flood the store
-        self._route(conn, request, token)
+        for conn, request in self._verifying.pop(header, []):
+            self._route(conn, request, token)
 
     def _route(self, conn: ServerConnection, request: Request, token: Token | None) -> None:
         headers = request.headers
