@@ -17,8 +17,11 @@ import pytest
 CACHE_S = 0.6
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any, Any, list[float]]]:
+@pytest.fixture(params=[CACHE_S])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Any, Any, list[float]]]:
+    """A gateway on a real socket whose token cache lasts ``request.param`` seconds."""
     import uvloop
 
     import archipel.serving.gateway as module
@@ -40,7 +43,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[s
         return real(engine, presented)
 
     monkeypatch.setattr(module, "verify_token", counted)
-    app = Gateway(ws, engine, GatewayConfig(token_cache_s=CACHE_S))
+    app = Gateway(ws, engine, GatewayConfig(token_cache_s=request.param))
     sock = listen("127.0.0.1", 0)
     loop = uvloop.new_event_loop()
     ready, stop = threading.Event(), asyncio.Event()
