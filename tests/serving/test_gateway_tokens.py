@@ -66,6 +66,7 @@ def gateway(
     engine.dispose()
 
 
+@pytest.mark.parametrize("gateway", [60.0], indirect=True)  # no refresh-ahead while the requests run
 def test_concurrent_requests_with_a_new_token_look_it_up_once(
     gateway: tuple[str, Any, Any, list[float]],
 ) -> None:
