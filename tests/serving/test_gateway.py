@@ -239,6 +239,58 @@ def test_requests_are_served_only_in_their_origin_and_fail_closed(stack: Stack) 
         assert r.status_code == 200 and r.headers["x-archipel-site"] == "aws-us-east-1"
 
 
+def test_between_equally_busy_replicas_the_faster_one_is_preferred(stack: Stack) -> None:
+    """onprem-frankfurt's replica moved behind a link adding 25 ms a round trip (a new replica row, as a redeploy would
+    write it): one request at a time, both idle, the gateway sends most of them to gcp-europe-west4; its latency
+    gauge says why. The original row is restored."""
+    from archipel.db.engine import session_scope
+    from archipel.db.orm import ReplicaRow
+    from archipel.testing.proxy import FaultProxy, Faults
+
+    with session_scope(stack.engine) as session:
+        old = (
+            session.query(ReplicaRow)
+            .filter_by(deployment="cancer-eu", site="onprem-frankfurt", state="running")
+            .one()
+        )
+        port = int(old.url.rsplit(":", 1)[1])
+    with FaultProxy(("127.0.0.1", port), faults=Faults(latency_s=0.025)) as proxy:
+        with session_scope(stack.engine) as session:
+            row = session.get(ReplicaRow, old.id)
+            row.state = "stopped"
+            far = ReplicaRow(deployment="cancer-eu", site="onprem-frankfurt", jurisdiction=row.jurisdiction,
+                             version=row.version, url=f"http://127.0.0.1:{proxy.port}", job_id=row.job_id,
+                             state="running", hourly_usd=row.hourly_usd)  # fmt: skip
+            session.add(far)
+            session.flush()
+            far_id = far.id
+        try:
+            time.sleep(1.5)  # the gateway re-reads its table
+            sites: dict[str, int] = {}
+            with httpx.Client(
+                base_url=stack.gateway, headers=_h(stack.tokens["eu"], "EU"), timeout=10
+            ) as client:
+                for _ in range(60):
+                    answer = client.post("/v2/models/cancer-eu/infer", json=_infer_body(stack.X[:1]))
+                    assert answer.status_code == 200
+                    site = answer.headers["x-archipel-site"]
+                    sites[site] = sites.get(site, 0) + 1
+            metrics = httpx.get(f"{stack.gateway}/metrics", headers=_h(stack.tokens["read"])).text
+        finally:
+            with session_scope(stack.engine) as session:
+                session.delete(session.get(ReplicaRow, far_id))
+                session.get(ReplicaRow, old.id).state = "running"
+            time.sleep(1.5)
+    assert sites.get("gcp-europe-west4", 0) >= 48, sites  # 80 %
+    latency = {line.split('site="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+               for line in metrics.splitlines()
+               if line.startswith("archipel_gateway_replica_latency_seconds") and "cancer-eu" in line
+               and (f'replica="{far_id}"' in line or "gcp-europe-west4" in line)}  # fmt: skip
+    assert latency["onprem-frankfurt"] > 0.02 > latency["gcp-europe-west4"], (
+        latency
+    )  # the link adds 25 ms a round trip
+
+
 def _kill_replica(stack: Stack, deployment: str, site: str) -> tuple[int, dict[str, Any]]:
     from archipel.services.deployments import get_deployment
 

@@ -10,7 +10,8 @@ Same OIP v2 routes as a model server. For each request it:
    token without origins is served only where the policy needs no origin) against the model's training data, by
    the policy engine's ``serve`` action; no allowed replica → **503, fail closed**, never a forbidden site;
 3. picks among ready, non-ejected allowed replicas: same jurisdiction as the origin first (``prefer_local``),
-   then fewest requests in flight;
+   then fewest requests in flight, then the lowest latency (an exponentially weighted mean of its answers' and
+   health checks' times, so a replica that only looks slow is still probed every health interval);
 4. forwards with a per-try timeout; a connection error, timeout or 5xx is retried on another allowed replica (at
    most ``retries`` more, jittered backoff), since infer is idempotent.
 
@@ -87,6 +88,8 @@ class _Replica:
     ejected_until: float = 0.0
     healthy: bool = True
     served: int = 0
+    latency_s: float = 0.0
+    """Exponentially weighted mean of its answers' times (infer and health checks), weight 0.2 to the newest."""
     _pool: UpstreamPool | None = None
 
     def __post_init__(self) -> None:
@@ -248,8 +251,12 @@ class Gateway:
 
     async def _check(self, replica: _Replica) -> None:
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        sent = time.monotonic()
 
         def done(status: int, head: bytes, body: bytes) -> None:
+            replica.latency_s += 0.2 * (
+                time.monotonic() - sent - replica.latency_s
+            )  # keeps an idle replica known
             answer.set_result(status == 200)
 
         def failed(reason: str) -> None:
@@ -452,7 +459,7 @@ class Gateway:
         if deployment.prefer_local and origin is not None:
             local = [r for r in usable if within(r.jurisdiction, origin)]
             usable = local or usable
-        return min(usable, key=lambda r: (r.in_flight, random.random()))
+        return min(usable, key=lambda r: (r.in_flight, r.latency_s, random.random()))
 
     def _try(self, call: _Call) -> None:
         replica = self._pick(call.deployment, call.allowed, call.origin, call.tried)
@@ -460,7 +467,8 @@ class Gateway:
             return call.give_up()
         call.tried += (replica.id,)
         call.replica = replica
-        call.deadline = time.monotonic() + self.config.try_timeout_s
+        call.sent = time.monotonic()
+        call.deadline = call.sent + self.config.try_timeout_s
         replica.in_flight += 1
         replica.pool().submit(call)
 
@@ -476,13 +484,15 @@ class Gateway:
     def _metrics(self) -> bytes:
         lines = ["# TYPE archipel_gateway_replica_requests_total counter",
                  "# TYPE archipel_gateway_replica_ejected gauge",
-                 "# TYPE archipel_gateway_replica_in_flight gauge"]  # fmt: skip
+                 "# TYPE archipel_gateway_replica_in_flight gauge",
+                 "# TYPE archipel_gateway_replica_latency_seconds gauge"]  # fmt: skip
         now = time.monotonic()
         for r in self.replicas.values():
             labels = f'deployment="{r.deployment}",site="{r.site}",replica="{r.id}"'
             lines.append(f"archipel_gateway_replica_requests_total{{{labels}}} {r.served}")
             lines.append(f"archipel_gateway_replica_ejected{{{labels}}} {int(not r.usable(now))}")
             lines.append(f"archipel_gateway_replica_in_flight{{{labels}}} {r.in_flight}")
+            lines.append(f"archipel_gateway_replica_latency_seconds{{{labels}}} {r.latency_s:.6f}")
         lines.append("# TYPE archipel_gateway_responses_total counter")
         for (deployment, status), count in sorted(self.answers.items()):
             lines.append(
@@ -506,14 +516,14 @@ class _Call:
     its own upstream exchange (``data``, ``deadline``, ``done``, ``failed``: :meth:`UpstreamPool.submit`)."""
 
     __slots__ = ("allowed", "attempt", "conn", "data", "deadline", "deployment", "error", "gateway", "origin",
-                 "replica", "request", "tried")  # fmt: skip
+                 "replica", "request", "sent", "tried")  # fmt: skip
 
     def __init__(self, gateway: Gateway, conn: ServerConnection, request: Request, deployment: _Deployment,
                  allowed: list[_Replica], origin: str | None, data: bytes) -> None:  # fmt: skip
         self.gateway, self.conn, self.request, self.deployment = gateway, conn, request, deployment
         self.allowed, self.origin, self.data = allowed, origin, data
         self.tried: tuple[int, ...] = ()
-        self.attempt, self.error, self.deadline = 0, "no replica is ready", 0.0
+        self.attempt, self.error, self.deadline, self.sent = 0, "no replica is ready", 0.0, 0.0
         self.replica: _Replica | None = None
 
     def done(self, status: int, head: bytes, body: bytes) -> None:
@@ -528,6 +538,7 @@ class _Call:
             )
         replica.failures = 0
         replica.served += 1
+        replica.latency_s += 0.2 * (time.monotonic() - self.sent - replica.latency_s)
         key = (self.deployment.name, status)
         answers = self.gateway.answers
         answers[key] = answers.get(key, 0) + 1
