@@ -111,7 +111,9 @@ def test_a_hung_worker_is_declared_lost_by_its_heartbeat_and_recovered(
         """,
     )
     run_id = submit(ws, engine, spec)
-    reconciler = Reconciler(ws, engine, heartbeat_timeout_s=3.0)  # heartbeats every 1 s; slack for a loaded CI box
+    reconciler = Reconciler(
+        ws, engine, heartbeat_timeout_s=3.0
+    )  # heartbeats every 1 s; slack for a loaded CI box
     stopped = False
     try:
         deadline = time.monotonic() + 120
