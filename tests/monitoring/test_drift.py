@@ -17,7 +17,7 @@ from archipel.monitoring.drift import (
     reference_profile,
     schema_skew,
 )
-from archipel.monitoring.drift import _unpack as unpack
+from archipel.monitoring.profiles import _unpack as unpack
 from archipel.registry.card import profile as card_profile
 
 NUMERIC = [f"x{i}" for i in range(6)]

@@ -96,12 +96,14 @@ def test_a_token_is_refreshed_ahead_and_a_revocation_is_felt_within_the_cache_ti
         assert client.get("/v2").status_code == 200
         time.sleep(CACHE_S * 0.6)  # past half the cache time: answered at once, looked up again behind
         assert client.get("/v2").status_code == 200
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while len(looked_up) < 2 and time.monotonic() < deadline:  # the look-up behind runs on a thread
+            time.sleep(0.01)
         assert len(looked_up) == 2
         revoke_token(ws, engine, token.id)
         revoked_at = time.monotonic()
         while client.get("/v2").status_code == 200:
-            assert time.monotonic() - revoked_at < CACHE_S + 0.5, "the revoked token still works"
+            assert time.monotonic() - revoked_at < CACHE_S + 1.0, "the revoked token still works"
             time.sleep(0.02)
         answer = client.get("/v2")
         assert answer.status_code == 401 and "www-authenticate" in answer.headers

@@ -134,8 +134,8 @@ def drift_reference(onnx: bytes, signature: dict[str, Any], X: Any) -> dict[str,
     """The drift reference of the evaluation rows ``X``: their features (named as in ``signature``) and the ONNX
     model's predictions on them (labels for a classifier, values for a regressor), as monitoring compares them
     with the rows a deployment serves. Close to raw values: it belongs next to the model, not in its card."""
-    # drift imports QUANTILES from this module: importing it at the top would be circular
-    from archipel.monitoring.drift import reference_profile
+    # monitoring.profiles imports QUANTILES from this module: importing it at the top would be circular
+    from archipel.monitoring.profiles import reference_profile
 
     data = np.asarray(X, dtype=np.float32)
     names = signature.get("feature_names") or [f"f{i}" for i in range(data.shape[1])]

@@ -187,11 +187,9 @@ class ServerConnection(asyncio.Protocol):
 
     # -- parser callbacks ------------------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0
-        self._in_head, self.begun = True, time.monotonic()
-
-    def on_url(self, url: bytes) -> None:
+    def on_url(self, url: bytes) -> None:  # a message's first callback (no on_message_begin: one call less)
+        if not self._in_head:
+            self._in_head, self.begun = True, time.monotonic()
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -232,7 +230,8 @@ class ServerConnection(asyncio.Protocol):
             parts[0] if len(parts) == 1 else b"".join(parts),
             parser.should_keep_alive(),
         )
-        if request.keep_alive and parser.get_http_version() == "1.0":
+        self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0  # the next message's
+        if request.keep_alive and b"connection" in request.headers and parser.get_http_version() == "1.0":
             request.keep_alive = KEEP_ALIVE_1_0  # says so in its answer, or the client closes
         self.pending.append(request)
         if len(self.pending) >= MAX_PIPELINED and not self.paused:
@@ -259,8 +258,26 @@ class ServerConnection(asyncio.Protocol):
     def respond_head(self, request: Request, head: bytes, body: bytes) -> None:
         """Answer with a head made elsewhere (status line, content-length and other header lines, each ending in
         CRLF, without the blank line): how a gateway passes a replica's answer on."""
-        if request.answer is None:
-            self._answer(request, head + _TAILS[request.keep_alive] + body)
+        if request.answer is not None:
+            return
+        pending = self.pending
+        if (
+            request.keep_alive is True
+            and len(pending) == 1
+            and pending[0] is request
+            and not self._out
+            and not self.closed
+        ):
+            pending.popleft()  # the common case, nothing before or behind it: straight out
+            request.answer = b""
+            self.transport.write(head + b"\r\n" + body)
+            self.last = time.monotonic()
+            if self.paused:
+                self.paused = False
+                if self.writable:
+                    self.transport.resume_reading()
+            return
+        self._answer(request, head + _TAILS[request.keep_alive] + body)
 
     def _answer(self, request: Request, answer: bytes) -> None:
         if self.closed:
