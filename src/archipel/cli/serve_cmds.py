@@ -127,9 +127,10 @@ def _show(view) -> None:
     from archipel.cli import render
 
     render.console().print(f"Deployment [bold]{view.name}[/]: {view.model}/{view.version} {view.state}")
-    table = Table("replica", "site", "jurisdiction", "version", "url")
+    table = Table("replica", "site", "jurisdiction", "version", "url", "$/h")
     for r in view.replicas:
-        table.add_row(str(r["id"]), r["site"], r["jurisdiction"], str(r["version"]), r["url"])
+        price = f"{r['hourly_usd']:.4f}" if r.get("hourly_usd") is not None else "-"
+        table.add_row(str(r["id"]), r["site"], r["jurisdiction"], str(r["version"]), r["url"], price)
     render.console().print(table)
 
 
