@@ -22,10 +22,11 @@ launcher's wrapper around the model function) and the rest (HTTP, JSON, batching
    that fills a private bytecode cache (``PYTHONPYCACHEPREFIX``; these machines set ``PYTHONDONTWRITEBYTECODE``).
 4. The gateway (``serving_gateway.py``): the GradientBoosting model deployed with one replica on a workspace's local
    site, driven open loop (requests sent on a clock at a fixed rate whatever the answers; latency from each one's
-   scheduled send time) at half of ``archipel``'s req/s at concurrency 32, on three paths in turn: direct to the
-   replica, through nginx (Debian's package: ``proxy_pass`` to a ``keepalive 64`` upstream, one worker, no access
-   log) and through archipel's gateway (bearer token checked, residency decided, forwarded), the same request
-   bytes on each. Replica, nginx and gateway on the server CPU; per row, their CPU per request from ``/proc``
+   scheduled send time) at half of ``archipel``'s req/s at concurrency 32, on four paths in turn: direct to the
+   replica, through a bare byte relay on uvloop (``relay.py``: no HTTP, the floor of any Python proxy here),
+   through nginx (Debian's package: ``proxy_pass`` to a ``keepalive 64`` upstream, one worker, no access log) and
+   through archipel's gateway (bearer token checked, residency decided, forwarded), the same request bytes on
+   each. Replica, relay, nginx and gateway on the server CPU; per row, their CPU per request from ``/proc``
    (nginx: its worker). Targets: the gateway adds <= 1 ms at p50 with 0 errors and costs less CPU per request
    than nginx.
 
@@ -590,7 +591,7 @@ def _print_gateway(g: dict[str, Any], quick: bool) -> None:
     print(
         f"\nopen loop at {g['rate_req_per_s']} req/s (half of archipel's {g['max_req_per_s']:.0f} req/s at "
         f"concurrency 32{cap}) on {g['connections']} connections, the client spinning between sends; latency "
-        f"from each request's {g['latency_from']} (lag: scheduled to written); replica, gateway and nginx on "
+        f"from each request's {g['latency_from']} (lag: scheduled to written); replica, relay, gateway, nginx on "
         f"CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}"
     )
     _table(g["rows"], GATEWAY_COLUMNS)
@@ -602,7 +603,8 @@ def _print_gateway(g: dict[str, Any], quick: bool) -> None:
     print(
         f"added p50: {', '.join(added)}; target (gateway adds <= 1 ms, 0 errors): {targets['gateway_added_p50']}\n"
         f"proxy CPU per request: {', '.join(cpu)}; target (gateway below nginx): "
-        f"{targets['gateway_cpu_below_nginx']}\n"
+        f"{targets['gateway_cpu_below_nginx']} (relay: bytes copied both ways on uvloop, no HTTP: the floor of any "
+        f"proxy on this event loop)\n"
     )
 
 

@@ -1,6 +1,7 @@
 """The gateway part of ``serving.py``: an open-loop client, and the processes of three paths to one archipel
-replica deployed on a workspace's local site: direct, through archipel's gateway and, when Debian's nginx is
-installed, through nginx as a plain keep-alive reverse proxy. ``serving.py`` checks the answers, runs each path
+replica deployed on a workspace's local site: direct, through a bare byte relay on uvloop (``relay.py``: the floor
+of any proxy on this event loop), through archipel's gateway and, when Debian's nginx is installed, through nginx
+as a plain keep-alive reverse proxy. ``serving.py`` checks the answers, runs each path
 at a fixed rate and renders ``summarize``'s figures; its closed-loop client shares ``response_complete`` and
 ``cpu_seconds``.
 
@@ -80,11 +81,13 @@ class Paths:
     replica: Process
     gateway: Process
     nginx: Process | None
+    relay: Process
     token: str
 
     def targets(self) -> dict[str, tuple[Process, dict[str, int]]]:
         """Per path, in the order to measure them: its front door, and the processes whose CPU its row reports."""
-        out = {"direct": (self.replica, {"replica": self.replica.pid})}
+        out = {"direct": (self.replica, {"replica": self.replica.pid}),
+               "relay": (self.relay, {"replica": self.replica.pid, "proxy": self.relay.pid})}  # fmt: skip
         if self.nginx is not None:
             out["nginx"] = (self.nginx, {"replica": self.replica.pid, "proxy": self.nginx.pid})
         out["gateway"] = (self.gateway, {"replica": self.replica.pid, "proxy": self.gateway.pid})
@@ -282,6 +285,16 @@ def _gateway(root: Path) -> Process:
     return Process(int(line.split()[1]), proc.pid, proc)
 
 
+def _relay(upstream: int) -> Process:
+    """``relay.py``: bytes copied both ways, the floor of any proxy on uvloop."""
+    argv = [sys.executable, str(Path(__file__).with_name("relay.py")), str(upstream)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.startswith("LISTENING"):
+        raise RuntimeError(f"the relay did not start: {line}{proc.communicate()[1]}")
+    return Process(int(line.split()[1]), proc.pid, proc)
+
+
 def _nginx(work: Path, upstream: int) -> Process:
     """nginx with one worker; its row reports the worker's CPU (the master only waits)."""
     port = _free_port()
@@ -322,10 +335,12 @@ def paths(work: Path, converted: Converted, cpu: int, with_nginx: bool) -> Itera
         nginx = _nginx(work, replica.port) if with_nginx else None
         if nginx is not None:
             started.append(nginx.proc)
-        servers = [replica, gateway, *([nginx] if nginx else [])]
+        relay = _relay(replica.port)
+        started.append(relay.proc)
+        servers = [replica, gateway, relay, *([nginx] if nginx else [])]
         for pid in {s.pid for s in servers} | {p.pid for p in started if p is not None}:  # and nginx's master
             pin(pid, cpu)
-        yield Paths(replica, gateway, nginx, token)
+        yield Paths(replica, gateway, nginx, relay, token)
     finally:
         for proc in started:
             if proc is not None:
@@ -339,7 +354,7 @@ def summarize(rows: list[dict[str, Any]], rate: int, max_rate: float, nginx: str
     path with 0 errors, and costs less CPU per request than nginx."""
     by = {r["path"]: r for r in rows}
     added = {label: round(by[label]["p50_ms"] - by["direct"]["p50_ms"], 4) if "p50_ms" in by[label] else None
-             for label in ("gateway", "nginx") if label in by}  # fmt: skip
+             for label in by if label != "direct"}  # fmt: skip
     gateway = by["gateway"]
     fast = added["gateway"] is not None and added["gateway"] <= 1.0 and gateway["errors"] == 0
     cheap = "not measured"

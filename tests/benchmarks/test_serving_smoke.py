@@ -50,7 +50,7 @@ def _check_gateway(gateway: dict, max_rate: float, seconds: float) -> None:
     assert gateway["latency_from"] == "scheduled send time" and gateway["connections"] > 0
     assert (gateway["nginx"] == "not installed (make bench installs it)") is not nginx
     by = {row["path"]: row for row in gateway["rows"]}
-    assert list(by) == (["direct", "nginx", "gateway"] if nginx else ["direct", "gateway"])
+    assert list(by) == (["direct", "relay", "nginx", "gateway"] if nginx else ["direct", "relay", "gateway"])
     for row in gateway["rows"]:
         assert row["rate_req_per_s"] == gateway["rate_req_per_s"], row
         # every request scheduled in the window answered 200 (the quick rate is far below any path's capacity)
