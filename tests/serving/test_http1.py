@@ -326,7 +326,8 @@ def test_a_handler_raising_gets_500_and_the_connection_stays_usable() -> None:
 
 
 def test_a_stalled_request_gets_408_and_an_idle_connection_is_closed() -> None:
-    # two servers, so that each timeout is seen alone (see the xfail test below for why they interfere)
+    # two servers, so that each timeout is measured alone (a keep-alive limit shorter than the request timeout
+    # would otherwise be the one to end a slow request: test_a_request_arriving_slowly_is_not_closed_as_idle)
     with serving(request_timeout_s=1.5) as slow, serving(keepalive_s=1.0) as idle:
         with connect(slow.port, timeout=4.0) as stalled, connect(idle.port, timeout=4.0) as unused:
             started = time.monotonic()

@@ -18,11 +18,12 @@ triggers_app = typer.Typer(help="Which alerts start which retraining pipeline.",
 
 
 def _window(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    from archipel.models.units import parse_duration
+
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise typer.BadParameter(f"{text!r}: write a duration like 30m, 1h or 2d") from None
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def show_reports(reports: list[dict[str, Any]]) -> None:

@@ -8,12 +8,23 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from archipel.errors import UserError
 from archipel.models.job import StepSpec
 
-__all__ = ["cache_key", "code_hash", "code_snapshot", "pinned_model", "pinned_version", "with_setup"]
+if TYPE_CHECKING:
+    from archipel.workspace import Workspace
+
+__all__ = [
+    "cache_key",
+    "code_hash",
+    "code_snapshot",
+    "launch_module",
+    "pinned_model",
+    "pinned_version",
+    "with_setup",
+]
 
 _SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modules"}
 _MAX_CODE_BYTES = 100 * 2**20
@@ -111,4 +122,30 @@ def with_setup(run: str, setup: str, workdir: Path, markers: Path) -> str:
     return (
         f"if [ ! -e {marker} ]; then ( {command} ) || exit $?; mkdir -p {shlex.quote(str(markers))} && "
         f"touch {marker}; fi; {run}"
+    )
+
+
+def launch_module(workspace: Workspace, site: str, module: str, spec: dict[str, Any], *, folder: Path,
+                  name: str, cpus: float, labels: Mapping[str, str],
+                  secret_env: Mapping[str, str] | None = None) -> str:  # fmt: skip
+    """Run ``python -m MODULE SPEC.json`` on ``site``'s compute (a replica, a drift job): ``spec`` plus the site's
+    storage (``storage``: url and options) is written to a file in ``folder``; secrets go by inheritance only.
+    The job's id."""
+    import json
+    import secrets
+
+    from archipel.backends.compute.base import LaunchRequest, Resources
+
+    storage = {"url": workspace.storage_url(site), "options": dict(workspace.site(site).storage_options)}
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file = folder / f"{site}-{secrets.token_hex(4)}.json"
+    spec_file.write_text(json.dumps({"storage": storage, **spec}), encoding="utf-8")
+    return workspace.compute(site).launch(
+        LaunchRequest(
+            [sys.executable, "-m", module, str(spec_file)],
+            name=name,
+            resources=Resources(cpus=cpus),
+            labels=dict(labels),
+            secret_env=dict(secret_env or {}),
+        )
     )

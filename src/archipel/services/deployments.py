@@ -16,8 +16,6 @@ import json
 import math
 import os
 import re
-import secrets
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -27,12 +25,12 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from archipel.backends.compute.base import LaunchRequest, Resources
 from archipel.cost.ledger import add_entry
 from archipel.db.engine import session_scope
 from archipel.db.orm import DeploymentRow, ReplicaRow
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NotFound, SiteUnavailable, SpecError
+from archipel.executor.launch import launch_module
 from archipel.executor.moves import allowed
 from archipel.models.deployment import DeploymentSpec
 from archipel.policy.audit import AuditLog
@@ -118,11 +116,7 @@ def _start_replica(
     workspace: Workspace, name: str, version: VersionView, site: str, spec: DeploymentSpec
 ) -> dict:
     compute = workspace.compute(site)
-    site_spec = workspace.site(site)
-    folder = workspace.state_dir / "replicas" / name
-    folder.mkdir(parents=True, exist_ok=True)
     launch = {
-        "storage": {"url": workspace.storage_url(site), "options": dict(site_spec.storage_options)},
         "key": version.key, "sha256": version.sha256, "name": version.model, "version": version.version,
         "signature": version.signature, "max_batch": spec.batching.max_batch,
         "max_wait_ms": spec.batching.max_wait_ms, "sample_rate": spec.sample_rate,
@@ -131,18 +125,10 @@ def _start_replica(
     secret = os.environ.get(SECRET_ENV)
     if secret:  # the replica takes requests only with it; it reaches the replica by inheritance, never a file
         launch["secret_env"] = SECRET_ENV
-    spec_file = folder / f"{site}-{secrets.token_hex(4)}.json"
-    spec_file.write_text(json.dumps(launch), encoding="utf-8")
-    argv = [sys.executable, "-m", "archipel.serving.launch", str(spec_file)]
-    job_id = compute.launch(
-        LaunchRequest(
-            argv,
-            name=f"replica-{name}-{site}",
-            resources=Resources(cpus=REPLICA_CPUS),
-            labels={"deployment": name},
-            secret_env={SECRET_ENV: secret} if secret else {},
-        )
-    )
+    job_id = launch_module(workspace, site, "archipel.serving.launch", launch,
+                           folder=workspace.state_dir / "replicas" / name, name=f"replica-{name}-{site}",
+                           cpus=REPLICA_CPUS, labels={"deployment": name},
+                           secret_env={SECRET_ENV: secret} if secret else None)  # fmt: skip
     deadline = time.monotonic() + READY_TIMEOUT_S
     port = None
     while time.monotonic() < deadline:

@@ -19,21 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from archipel.backends.compute.base import LaunchRequest, Resources
 from archipel.cost.ledger import add_entry
 from archipel.db.engine import session_scope
 from archipel.db.orm import AlertRow, DriftReportRow, ReplicaRow
 from archipel.db.types import utcnow
 from archipel.errors import ArchipelError, NotFound, PolicyViolation
+from archipel.executor.launch import launch_module
 from archipel.executor.moves import allowed
 from archipel.models.deployment import DeploymentSpec
 from archipel.models.monitoring import TriggerSpec
@@ -44,8 +43,11 @@ from archipel.workspace import Workspace
 
 __all__ = [
     "LoopOutcome",
+    "check_all",
     "check_slo",
+    "due_checks",
     "fire_triggers",
+    "gauges",
     "list_alerts",
     "monitor_status",
     "raise_alert",
@@ -107,27 +109,15 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
                      outcome="allowed" if ok else "refused", reason=why or "read where they are")  # fmt: skip
         if not ok:  # the samples stay where they are, unread
             continue
-        site_spec = workspace.site(site)
         output_key = f"monitoring/{name}/{site}/{int(until)}-{secrets.token_hex(4)}.json"
         spec = {
-            "storage": {"url": workspace.storage_url(site), "options": dict(site_spec.storage_options)},
             "prefix": f"samples/{version.model}/{version.version}/{site}", "since": since, "until": until,
             "reference_key": pointer["key"], "reference_sha256": pointer["sha256"], "output_key": output_key,
             "min_count_per_bin": settings.min_count_per_bin, "drift_share": settings.drift_share,
         }  # fmt: skip
-        folder = workspace.state_dir / "monitoring" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        spec_file = folder / f"{site}-{secrets.token_hex(4)}.json"
-        spec_file.write_text(json.dumps(spec), encoding="utf-8")
-        argv = [sys.executable, "-m", "archipel.monitoring.site_job", str(spec_file)]
-        job_id = workspace.compute(site).launch(
-            LaunchRequest(
-                argv,
-                name=f"drift-{name}-{site}",
-                resources=Resources(cpus=JOB_CPUS),
-                labels={"deployment": name, "kind": "drift"},
-            )
-        )
+        job_id = launch_module(workspace, site, "archipel.monitoring.site_job", spec,
+                               folder=workspace.state_dir / "monitoring" / name, name=f"drift-{name}-{site}",
+                               cpus=JOB_CPUS, labels={"deployment": name, "kind": "drift"})  # fmt: skip
         jobs[site] = (job_id, output_key, time.monotonic())
     reports = []
     for site, (job_id, output_key, started) in jobs.items():
@@ -147,7 +137,12 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
             result = json.loads(workspace.storage(site).get(output_key))
         except ArchipelError:
             text, _ = compute.logs(job_id)
-            result = {"rows": 0, "report": None, "note": f"the drift job failed: {text.strip()[-300:]}"}
+            result = {
+                "rows": 0,
+                "report": None,
+                "failed": True,
+                "note": f"the drift job failed: {text.strip()[-300:]}",
+            }
         reports.append(
             _store(workspace, engine, audit, name, site, version, since, until, result, settings.min_rows)
         )
@@ -158,7 +153,7 @@ def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, sit
            since: float, until: float, result: dict[str, Any], min_rows: int) -> dict[str, Any]:  # fmt: skip
     report = result.get("report")
     if report is None or result.get("rows", 0) < min_rows:
-        verdict, share = ("failed" if "failed" in str(result.get("note", "")) else "too-few-rows"), None
+        verdict, share = ("failed" if result.get("failed") else "too-few-rows"), None
         result = {
             **result,
             "note": result.get("note") or f"{result.get('rows', 0)} rows sampled, {min_rows} needed",
@@ -311,8 +306,7 @@ def _fire(workspace: Workspace, engine: Engine, name: str, trigger: TriggerSpec,
         return outcome
 
     since = utcnow() - timedelta(seconds=trigger.cooldown_s)
-    fired = [e for e in audit.entries(action="trigger.fire", subject=name, since=since)]
-    if fired:
+    if fired := audit.entries(action="trigger.fire", subject=name, since=since):
         return stop("skipped", f"fired {len(fired)} time(s) in the last {trigger.cooldown_s:g} s (cooldown)")
     audit.record(action="trigger.fire", subject=name, outcome="done",
                  reason=f"{alert['kind']} alert {alert['id']} of {alert['deployment']}: {alert['reason']}")  # fmt: skip
@@ -360,9 +354,10 @@ def due_checks(engine: Engine, tried: dict[str, float], now: float | None = None
 
     now = time.time() if now is None else now
     with session_scope(engine) as session:
-        last = {d: t.timestamp() for d, t in session.execute(
-            select(DriftReportRow.deployment, DriftReportRow.created_at).order_by(DriftReportRow.id.desc()).limit(500)
-        ).all()[::-1]}  # fmt: skip
+        newest = select(DriftReportRow.deployment, func.max(DriftReportRow.created_at)).group_by(
+            DriftReportRow.deployment
+        )
+        last = {d: t.timestamp() for d, t in session.execute(newest)}
     due = []
     for view in list_deployments(engine):
         every = DeploymentSpec.model_validate(view.spec).monitoring.every_s
@@ -385,16 +380,36 @@ def check_all(workspace: Workspace, engine: Engine, names: list[str]) -> None:
             log.warning("monitoring %s failed: %s", name, exc)
 
 
+def _latest(deployment: str | None = None) -> Any:
+    """The ids of the newest report of every (deployment, site), as a subquery."""
+    query = select(func.max(DriftReportRow.id)).group_by(DriftReportRow.deployment, DriftReportRow.site)
+    return query if deployment is None else query.where(DriftReportRow.deployment == deployment)
+
+
 def monitor_status(engine: Engine, deployment: str | None = None) -> list[dict[str, Any]]:
-    """The latest drift report of every (deployment, site), newest first."""
+    """The latest drift report of every (deployment, site), by deployment and site."""
     with session_scope(engine) as session:
-        query = select(DriftReportRow).order_by(DriftReportRow.id.desc())
-        if deployment is not None:
-            query = query.where(DriftReportRow.deployment == deployment)
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in session.scalars(query.limit(500)):
-            latest.setdefault((row.deployment, row.site), _report_view(row))
-    return sorted(latest.values(), key=lambda r: (r["deployment"], r["site"]))
+        rows = session.scalars(select(DriftReportRow).where(DriftReportRow.id.in_(_latest(deployment))))
+        return sorted((_report_view(r) for r in rows), key=lambda r: (r["deployment"], r["site"]))
+
+
+def gauges(
+    engine: Engine,
+) -> tuple[dict[tuple[str, str], tuple[str, float | None]], dict[tuple[str, str], int]]:
+    """What gateways export: the latest verdict and drifted share per (deployment, site), alerts per (deployment,
+    kind)."""
+    with session_scope(engine) as session:
+        verdicts = session.execute(
+            select(DriftReportRow.deployment, DriftReportRow.site, DriftReportRow.verdict, DriftReportRow.share_drifted)
+            .where(DriftReportRow.id.in_(_latest()))
+        )  # fmt: skip
+        drift = {(d, site): (verdict, share) for d, site, verdict, share in verdicts}
+        alerts = session.execute(
+            select(AlertRow.deployment, AlertRow.kind, func.count()).group_by(
+                AlertRow.deployment, AlertRow.kind
+            )
+        )
+        return drift, {(d, kind): n for d, kind, n in alerts}
 
 
 def list_alerts(engine: Engine, deployment: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from archipel.db.engine import session_scope
-from archipel.db.orm import AlertRow, DeploymentRow, DriftReportRow, ReplicaRow
+from archipel.db.orm import DeploymentRow, ReplicaRow
 from archipel.errors import Forbidden, Unauthorized
 from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
@@ -198,24 +198,13 @@ class Gateway:
 
     def _read_table(self) -> dict[str, _Deployment]:
         from archipel.services.models import get_version
+        from archipel.services.monitoring import gauges
 
         table: dict[str, _Deployment] = {}
         with session_scope(self.engine) as session:
             rows = list(session.scalars(select(DeploymentRow).where(DeploymentRow.state != "down")))
             replicas = list(session.scalars(select(ReplicaRow).where(ReplicaRow.state == "running")))
-            checks = session.execute(  # the latest drift verdict per deployment and site, for /metrics
-                select(DriftReportRow.deployment, DriftReportRow.site, DriftReportRow.verdict,
-                       DriftReportRow.share_drifted).order_by(DriftReportRow.id.desc()).limit(500)
-            ).all()  # fmt: skip
-            alerts = session.execute(
-                select(AlertRow.deployment, AlertRow.kind, func.count()).group_by(
-                    AlertRow.deployment, AlertRow.kind
-                )
-            ).all()
-        drift: dict[tuple[str, str], tuple[str, float | None]] = {}
-        for deployment, site, verdict, share in checks:
-            drift.setdefault((deployment, site), (verdict, share))
-        self.monitoring = (drift, {(d, k): n for d, k, n in alerts})
+        self.monitoring = gauges(self.engine)  # the latest drift verdicts and alert counts, for /metrics
         for row in rows:
             version = get_version(self.engine, f"{row.model}/{row.version}")
             subjects, canary_version, weight = version.subjects(), None, 0.0

@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     from archipel.serving.server import ServerConfig, run_server
 
     storage = spec["storage"]
-    onnx = open_store(storage["url"], storage.get("options") or {}).get(spec["key"])
+    store = open_store(storage["url"], storage.get("options") or {})
+    onnx = store.get(spec["key"])
     if hashlib.sha256(onnx).hexdigest() != spec["sha256"]:
         print(f"the ONNX at {spec['key']} does not match its sha256", file=sys.stderr)
         return 3
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> int:
     if spec.get("sample_rate", 0) > 0:
         from archipel.serving.sampling import Sampler
 
-        app.sampler = Sampler(open_store(storage["url"], storage.get("options") or {}), spec["sample_prefix"],
+        app.sampler = Sampler(store, spec["sample_prefix"],
                               spec["sample_rate"], spec["signature"].get("feature_names"))  # fmt: skip
     sock = listen(host, int(spec.get("port", 0)))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
