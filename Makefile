@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # the demo serves models behind a gateway: the core install takes the serve extra (uvloop, httptools, orjson, httpx)
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	$(UV) -e '.[serve]'
+	$(UV) -e '.[serve,native]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -26,13 +26,21 @@ $(VENV)/.installed-torch: | $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	touch $@
 
-install: $(VENV)/.installed-core
-dev: $(VENV)/.installed-dev
+# The request path compiled (src/archipel/serving/_native): rebuilt when its sources change; without a compiler
+# the same code runs as Python (under CI=true a failed build fails the run).
+NATIVE := src/archipel/serving/_native/BUILT_FROM
+NATIVE_SOURCES := $(addprefix src/archipel/serving/,http1.py http1.pxd gateway.py gateway.pxd _native/fastlane.pyx \
+	_native/__init__.py)
+$(NATIVE): $(NATIVE_SOURCES) scripts/build_native.py | $(VENV)/.installed-core
+	$(BIN)/python scripts/build_native.py
 
-demo: $(VENV)/.installed-core
+install: $(VENV)/.installed-core $(NATIVE)
+dev: $(VENV)/.installed-dev $(NATIVE)
+
+demo: $(VENV)/.installed-core $(NATIVE)
 	$(BIN)/archipel demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev $(VENV)/.installed-torch
+test: $(VENV)/.installed-dev $(VENV)/.installed-torch $(NATIVE)
 	ARCHIPEL_TEST_PG_URL="$$(bash scripts/ensure-postgres.sh)" || { [ "$${CI:-}" != true ] || exit 1; }; \
 	export ARCHIPEL_TEST_PG_URL; \
 	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)

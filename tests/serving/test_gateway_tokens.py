@@ -4,6 +4,7 @@ however many requests wait for it, refreshed ahead of expiry, and a revocation f
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ def gateway(
     """A gateway on a real socket whose token cache lasts ``request.param`` seconds."""
     import uvloop
 
-    import archipel.serving.gateway as module
     from archipel.db import connect
     from archipel.services.apply import apply_plan, plan_apply
     from archipel.services.init import init_workspace
@@ -35,6 +35,9 @@ def gateway(
     engine = connect(ws.db_url)
     apply_plan(ws, engine, plan_apply(ws, engine))
     looked_up: list[float] = []
+    module = sys.modules[
+        Gateway.__module__
+    ]  # the compiled twin's module when it runs (archipel.serving._native)
     real = module.verify_token
 
     def counted(engine: Any, presented: str | None) -> Any:  # the real look-up, counted and a little slow

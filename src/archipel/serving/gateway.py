@@ -38,7 +38,8 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -51,8 +52,9 @@ from archipel.policy.audit import AuditLog
 from archipel.policy.engine import Place, Subject, evaluate
 from archipel.policy.jurisdiction import within
 from archipel.services.tokens import Token, verify_token
-from archipel.serving.http1 import JSON, Request, ServerConnection, UpstreamPool, serve
 from archipel.workspace import Workspace
+
+from .http1 import JSON, Request, ServerConnection, UpstreamPool, serve  # relative: see _native
 
 __all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
@@ -74,26 +76,27 @@ class GatewayConfig:
     replica_secret: str | None = None
 
 
-@dataclass
 class _Replica:
-    id: int
-    deployment: str
-    site: str
-    jurisdiction: str
-    url: str
-    version: int = 0
-    in_flight: int = 0
-    failures: int = 0
-    ejections: int = 0
-    ejected_until: float = 0.0
-    healthy: bool = True
-    served: int = 0
-    latency_s: float = 0.0
-    """Exponentially weighted mean of its answers' times (infer and health checks), weight 0.2 to the newest."""
-    _pool: UpstreamPool | None = None
+    """A running replica as the gateway sees it: where it is, and what its answers and health checks showed."""
 
-    def __post_init__(self) -> None:
-        self.site_header = b"x-archipel-site: %s\r\n" % self.site.encode()
+    def __init__(
+        self, id: int, deployment: str, site: str, jurisdiction: str, url: str, version: int = 0
+    ) -> None:
+        self.id, self.deployment, self.site, self.jurisdiction, self.url = (
+            id,
+            deployment,
+            site,
+            jurisdiction,
+            url,
+        )
+        self.version = version
+        self.in_flight = self.failures = self.ejections = self.served = 0
+        self.ejected_until = 0.0
+        self.latency_s = 0.0
+        """Exponentially weighted mean of its answers' times (infer and health checks), weight 0.2 to the newest."""
+        self.healthy = True
+        self._pool: UpstreamPool | None = None
+        self.site_header = b"x-archipel-site: %s\r\n" % site.encode()
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -105,33 +108,26 @@ class _Replica:
         return self._pool
 
 
-@dataclass
 class _Deployment:
-    name: str
-    model: str
-    version: int
-    prefer_local: bool
-    subjects: list[Subject]
-    replicas: list[_Replica] = field(default_factory=list)
-    canary_version: int | None = None
-    canary_weight: float = 0.0
+    def __init__(self, name: str, model: str, version: int, prefer_local: bool, subjects: list[Subject],
+                 canary_version: int | None = None, canary_weight: float = 0.0) -> None:  # fmt: skip
+        self.name, self.model, self.version, self.prefer_local = name, model, version, prefer_local
+        self.subjects = subjects
+        self.replicas: list[_Replica] = []
+        self.canary_version, self.canary_weight = canary_version, canary_weight
 
 
-@dataclass(slots=True)
 class _Route:
     """A decision for requests with the same method, path, token and origin: refuse (``status``, ``body``), or
     forward to ``allowed`` with ``prefix`` (the request line and fixed headers); ``/metrics`` is rendered each time."""
 
-    path: str
-    counted: str | None = None  # the deployment whose answers this counts
-    status: int = 0
-    body: bytes = b""
-    headers: bytes = JSON
-    deployment: _Deployment | None = None
-    allowed: list[_Replica] = field(default_factory=list)
-    origin: str | None = None
-    prefix: bytes = b""
-    cacheable: bool = True
+    def __init__(self, path: str, counted: str | None = None, *, status: int = 0, body: bytes = b"",
+                 headers: bytes = JSON, deployment: _Deployment | None = None, allowed: list[_Replica] | None = None,
+                 origin: str | None = None, prefix: bytes = b"", cacheable: bool = True) -> None:  # fmt: skip
+        self.path, self.counted = path, counted  # counted: the deployment whose answers this counts
+        self.status, self.body, self.headers, self.cacheable = status, body, headers, cacheable
+        self.deployment, self.allowed = deployment, allowed if allowed is not None else []
+        self.origin, self.prefix = origin, prefix
 
 
 class Gateway:
@@ -157,6 +153,11 @@ class Gateway:
         secret = self.config.replica_secret
         self._secret = b"x-archipel-replica-secret: %s\r\n" % secret.encode() if secret else b""
         self.loaded = False
+        self.fast: Any = None  # the fast lane, when this is the compiled twin (see _native)
+        if __name__ == "archipel.serving._native.gateway" and not os.environ.get("ARCHIPEL_NO_FAST_LANE"):
+            from archipel.serving._native.fastlane import FastLane
+
+            self.fast = FastLane(self, min(self.config.refresh_s, self.config.token_cache_s / 2))
 
     # -- background loops ---------------------------------------------------------------------------------------
 
@@ -195,6 +196,8 @@ class Gateway:
                 self.replicas[gone].pool().close()
         self.deployments, self.replicas, self.loaded = table, replicas, True
         self._allowed_cache, self._routes = {}, {}
+        if self.fast is not None:
+            self.fast.clear()
 
     def _read_table(self) -> dict[str, _Deployment]:
         from archipel.services.models import get_version
@@ -347,6 +350,31 @@ class Gateway:
         passed = b"".join([b"%s: %s\r\n" % (k, headers[k]) for k in _PASS if k in headers])
         data = b"%scontent-length: %d\r\n%s\r\n%s" % (route.prefix, len(request.body), passed, request.body)
         self._try(_Call(self, conn, request, route.deployment, route.allowed, route.origin, data))
+
+    def fast_route(
+        self, method: str, path: str, authorization: bytes | None, origin: bytes | None
+    ) -> _Route | None:
+        """For the fast lane: the route of requests like this if it forwards them and is decided now, with a token
+        verified less than half its cache time ago (so the lane, which forgets its routes at least that often, never
+        serves a token past its cache time, and the Python path refreshes it ahead). None: the Python path serves."""
+        cached = self.tokens.get(authorization or b"")
+        if (
+            cached is None
+            or cached[1] is None
+            or time.monotonic() - cached[0] > self.config.token_cache_s / 2
+        ):
+            return None
+        key = (method, path, authorization, origin)
+        route = self._routes.get(key)
+        if route is None:
+            headers = {b"authorization": authorization} if authorization is not None else {}
+            if origin is not None:
+                headers[b"x-archipel-origin"] = origin
+            route = self._decide(Request(method, path, headers, b"", True), cached[1])
+            if not route.cacheable:
+                return None
+            self._routes[key] = route
+        return route if route.deployment is not None and not route.status else None
 
     def _decide(self, request: Request, token: Token | None) -> _Route:
         """What to do with requests like this one (method, path, token, origin): refuse them, or forward them to
@@ -504,9 +532,6 @@ class _Call:
     """One infer or metadata request on its way to a replica: the tries so far and where the answer goes; it is
     its own upstream exchange (``data``, ``deadline``, ``done``, ``failed``: :meth:`UpstreamPool.submit`)."""
 
-    __slots__ = ("allowed", "attempt", "conn", "data", "deadline", "deployment", "error", "gateway", "origin",
-                 "replica", "request", "sent", "tried")  # fmt: skip
-
     def __init__(self, gateway: Gateway, conn: ServerConnection, request: Request, deployment: _Deployment,
                  allowed: list[_Replica], origin: str | None, data: bytes) -> None:  # fmt: skip
         self.gateway, self.conn, self.request, self.deployment = gateway, conn, request, deployment
@@ -558,9 +583,21 @@ def run_gateway(gateway: Gateway, sock: socket.socket) -> None:
     import uvloop
 
     uvloop.run(serve(gateway.handle, sock, max_body=gateway.config.max_body_bytes, on_start=gateway.start,
-                     on_stop=gateway.stop))  # fmt: skip
+                     on_stop=gateway.stop, fast=gateway.fast))  # fmt: skip
 
 
 def secret_from_env() -> str | None:
     """The replicas' shared secret from ``ARCHIPEL_REPLICA_SECRET`` (what ``deploy`` gave them), if set."""
     return os.environ.get("ARCHIPEL_REPLICA_SECRET") or None
+
+
+COMPILED = False
+"""Whether this module's compiled twin (:mod:`archipel.serving._native`), with its fast lane, is what runs."""
+
+if __name__ == "archipel.serving.gateway":  # (the twin itself is archipel.serving._native.gateway)
+    from archipel.serving._native import load as _load
+
+    _twin = _load("gateway")
+    if _twin is not None:
+        globals().update({k: v for k, v in vars(_twin).items() if not k.startswith("__")})
+        COMPILED = True

@@ -63,8 +63,6 @@ def response_head(status: int, length: int, headers: bytes = JSON, close: bool =
 class Request:
     """One parsed request; ``answer`` holds its response bytes until the ones before it are written."""
 
-    __slots__ = ("answer", "body", "headers", "keep_alive", "method", "path")
-
     def __init__(
         self, method: str, path: str, headers: dict[bytes, bytes], body: bytes, keep_alive: bool
     ) -> None:
@@ -79,6 +77,10 @@ class Request:
 
 
 Handler = Callable[["ServerConnection", Request], None]
+Fast = Callable[["ServerConnection", bytes], bool]
+"""``fast(connection, data)``: when nothing is pending on the connection, it may take ``data`` if it is one whole
+request it can answer itself (True: it appended the request to ``connection.pending`` and answers it later through
+``respond``/``respond_head``); False: the parser reads it. The gateway's fast lane (``_native/fastlane.pyx``)."""
 
 
 class HTTPServer:
@@ -86,8 +88,8 @@ class HTTPServer:
     ``connection.respond(request, ...)``, now or later."""
 
     def __init__(self, handler: Handler, *, max_body: int, keepalive_s: float = 75.0,
-                 request_timeout_s: float = 30.0) -> None:  # fmt: skip
-        self.handler, self.max_body = handler, max_body
+                 request_timeout_s: float = 30.0, fast: Fast | None = None) -> None:  # fmt: skip
+        self.handler, self.max_body, self.fast = handler, max_body, fast
         self.keepalive_s, self.request_timeout_s = keepalive_s, request_timeout_s
         self.connections: set[ServerConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -121,7 +123,7 @@ class HTTPServer:
                     conn.transport.close()
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection:
     """One client connection (see the module docstring)."""
 
     def __init__(self, server: HTTPServer) -> None:
@@ -150,8 +152,14 @@ class ServerConnection(asyncio.Protocol):
         self.closed = True
         self.server.connections.discard(self)
 
+    def eof_received(self) -> None:  # (asyncio.Protocol's default: the transport closes itself)
+        return None
+
     def data_received(self, data: bytes) -> None:
         if self.refused:
+            return
+        fast = self.server.fast
+        if fast is not None and not self.pending and not self._in_head and fast(self, data):
             return
         self._fed = len(data)
         try:
@@ -334,7 +342,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 async def serve(handler: Handler, sock: socket.socket, *, max_body: int,
                 on_start: Callable[[], Awaitable[None]] | None = None,
-                on_stop: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+                on_stop: Callable[[], Awaitable[None]] | None = None, fast: Fast | None = None) -> None:  # fmt: skip
     """Serve ``handler`` on the listening ``sock`` until SIGTERM or SIGINT, then answer what is in progress and
     return. Run it with ``uvloop.run``."""
     loop, stopped = asyncio.get_running_loop(), asyncio.Event()
@@ -342,7 +350,7 @@ async def serve(handler: Handler, sock: socket.socket, *, max_body: int,
         loop.add_signal_handler(sig, stopped.set)
     if on_start is not None:
         await on_start()
-    server = HTTPServer(handler, max_body=max_body)
+    server = HTTPServer(handler, max_body=max_body, fast=fast)
     await server.start(sock)
     await stopped.wait()
     await server.close()
@@ -359,13 +367,11 @@ _CLOSE = b"connection: close\r\n"
 
 
 class _Exchange:
-    __slots__ = ("data", "deadline", "done", "failed")
-
     def __init__(self, data: bytes, deadline: float, done: Done, failed: Failed) -> None:
         self.data, self.deadline, self.done, self.failed = data, deadline, done, failed
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """A keep-alive connection to a replica; ``inflight`` are the requests sent on it, oldest first.
 
     Replicas are archipel's own servers, whose answers always start ``HTTP/1.1 NNN reason`` then
@@ -375,7 +381,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: Any = None
-        self.inflight: collections.deque[_Exchange] = collections.deque()
+        self.inflight: collections.deque[Any] = collections.deque()
         self.idle_since = 0.0
         self.closed = False
         self.reason = "connection lost"
@@ -386,7 +392,7 @@ class UpstreamConnection(asyncio.Protocol):
         with contextlib.suppress(OSError, AttributeError):
             transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def send(self, batch: list[_Exchange]) -> None:
+    def send(self, batch: list[Any]) -> None:
         self.inflight.extend(batch)
         self.transport.write(batch[0].data if len(batch) == 1 else b"".join(e.data for e in batch))
 
@@ -421,6 +427,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.done(status, head, body)
         self._buffer = buffer
 
+    def eof_received(self) -> None:
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
@@ -446,7 +455,7 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []  # connected, nothing in flight
         self.connecting = 0
         self.closed = False
-        self._queue: list[_Exchange] = []
+        self._queue: list[Any] = []
 
     def request(self, data: bytes, timeout_s: float, done: Done, failed: Failed) -> None:
         """Send ``data`` (a whole request) at the end of this turn of the loop; exactly one of ``done(status,
@@ -479,7 +488,7 @@ class UpstreamPool:
         else:
             min(self.conns, key=lambda c: len(c.inflight)).send(batch)
 
-    async def _connect(self, batch: list[_Exchange]) -> None:
+    async def _connect(self, batch: list[Any]) -> None:
         self.connecting += 1
         try:
             connect = self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
@@ -517,3 +526,15 @@ class UpstreamPool:
         self.closed = True
         for conn in list(self.conns):
             conn.transport.close()
+
+
+COMPILED = False
+"""Whether this module's compiled twin (:mod:`archipel.serving._native`) is what runs."""
+
+if __name__ == "archipel.serving.http1":  # (the twin itself is archipel.serving._native.http1)
+    from archipel.serving._native import load as _load
+
+    _twin = _load("http1")
+    if _twin is not None:
+        globals().update({k: v for k, v in vars(_twin).items() if not k.startswith("__")})
+        COMPILED = True
