@@ -77,6 +77,7 @@ class _Bench:
         server = http1.HTTPServer(self.gw.handle, max_body=1 << 20, fast=self.gw.fast if fast else None)
         self.client, self.ct = http1.ServerConnection(server), _Transport()
         self.client.connection_made(self.ct)
+        self.replica.answered = self.gw._answered if fast else None  # as Gateway.refresh sets it
         pool = self.replica.pool()
         self.up, self.ut = http1.UpstreamConnection(pool), _Transport()
         self.up.connection_made(self.ut)
@@ -84,17 +85,27 @@ class _Bench:
         pool.idle.append(self.up)
         self.up.idle_since = time.monotonic()
 
-    async def exchange(self, data: bytes, *chunks: bytes) -> tuple[bytes, bytes]:
-        """(what the replica got, what the client got) for ``data`` (then ``chunks``), each request answered 200."""
+    async def exchange(self, data: bytes, *chunks: bytes, answers: list[bytes] | None = None,
+                       wait: float = 0.0) -> tuple[bytes, bytes]:  # fmt: skip
+        """(what the replica got, what the client got) for ``data`` (then ``chunks``), the replica's answers read as
+        ``answers`` (default: one plain 200 a request, each in its own read)."""
         for part in (data, *chunks):
             self.client.data_received(part)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         sent = b"".join(self.ut.out)
-        for _ in range(sent.count(b"x-archipel-replica-secret")):
-            self.up.data_received(http1.response_head(200, len(ANSWER)) + ANSWER)
-        await asyncio.sleep(0)
+        if answers is None:
+            answers = [http1.response_head(200, len(ANSWER)) + ANSWER] * sent.count(
+                b"x-archipel-replica-secret"
+            )
+        for answer in answers:
+            self.up.data_received(answer)
+        await asyncio.sleep(wait)
         return sent, b"".join(self.ct.out)
+
+    def counters(self) -> tuple[int, int, int, dict[Any, int]]:
+        r = self.replica
+        return r.in_flight, r.failures, r.served, dict(self.gw.answers)
 
 
 def _both(data: bytes, *chunks: bytes) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], int]:
@@ -174,7 +185,45 @@ def test_what_the_lane_takes_goes_out_as_the_python_path_sends_it(name: str) -> 
 def test_what_the_lane_declines_the_python_path_answers_as_before(name: str) -> None:
     fast, slow, taken = _both(DECLINED[name])
     assert taken == 0, name
+    if name == "other route":  # /metrics: the lane counts what it declined (this request)
+        assert b'archipel_gateway_fast_lane_requests_total{lane="python"} 1\n' in fast[1]
+        fast, slow = (fast[0], fast[1].split(b"\r\n")[0]), (slow[0], slow[1].split(b"\r\n")[0])
     assert fast == slow, name
+
+
+OK = http1.response_head(200, len(ANSWER)) + ANSWER
+ANSWERS = {  # name: (requests, the replica's reads, whether the lane passes them on)
+    "a 404": (_request(), [http1.response_head(404, 11) + b'{"error":1}'], True),
+    "two answers in one read": (_request() + _request(), [OK + OK], True),
+    "an answer in two reads": (_request(), [OK[:20], OK[20:]], False),
+    "an answer and a half": (_request() + _request(), [OK + OK[:20], OK[20:]], False),
+    "the replica closes": (_request(), [http1.response_head(200, len(ANSWER), close=True) + ANSWER], False),
+    "a 503 (retried, then given up)": (_request(), [http1.response_head(503, 2) + b"{}"], False),
+    "a 401 (the replica refused the gateway)": (_request(), [http1.response_head(401, 2) + b"{}"], False),
+    "not a replica's answer": (
+        _request(),
+        [b"HTTP/1.1 200 OK\r\nserver: x\r\ncontent-length: 2\r\n\r\n{}"],
+        False,
+    ),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(ANSWERS))
+def test_replicas_answers_reach_the_client_as_the_python_path_passes_them_on(name: str) -> None:
+    data, reads, plain = ANSWERS[name]
+
+    async def run() -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[Any, ...], tuple[Any, ...]]:
+        fast, slow = _Bench(True), _Bench(False)
+        got = await fast.exchange(data, answers=reads, wait=0.1)
+        return got, await slow.exchange(data, answers=reads, wait=0.1), fast.counters(), slow.counters()
+
+    (fast, slow, fast_counted, slow_counted) = asyncio.run(run())
+    assert fast == slow and fast_counted == slow_counted
+    # (an answer that is not a replica's aborts the connection: its request fails when the transport reports the loss)
+    assert fast[1].startswith(b"HTTP/1.1 ") or name == "not a replica's answer"
+    if plain:
+        assert fast_counted[2] == data.count(b"POST ") and fast_counted[:2] == (0, 0)
 
 
 @needs_native

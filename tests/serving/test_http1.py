@@ -642,3 +642,66 @@ def test_upstream_pool_at_max_connections_replaces_a_stale_idle_connection() -> 
         assert results[0][0] == 200, results  # type: ignore[index]
 
     uvloop.run(main())
+
+
+def test_upstream_requests_wait_for_the_answers_in_flight_then_leave_together() -> None:
+    """While a replica is answering, the pool holds new requests and sends them in one write with the answers'
+    arrival: a replica busy computing gets them as one batch instead of one system call each."""
+
+    async def main() -> None:
+        first_seen, release = asyncio.Event(), asyncio.Event()
+        reads: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_requests(reader, 1)
+            first_seen.set()
+            await release.wait()
+            await asyncio.sleep(0.05)  # the held requests would have arrived by now if they had been sent
+            assert reader._buffer == b""  # type: ignore[attr-defined]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")
+            reads.append(await reader.read(65536))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb" * 2)
+            await writer.drain()
+            await reader.read()
+
+        server, port = await start_raw(serve)
+        pool = UpstreamPool("127.0.0.1", port)
+        first = issue(pool, get("/one"))
+        await first_seen.wait()
+        held = [issue(pool, get("/two")), issue(pool, get("/three"))]
+        release.set()
+        results = await settle([first, *held])
+        assert [r[2] for r in results] == [b"a", b"b", b"b"], results  # type: ignore[index]
+        assert len(reads) == 1 and reads[0].count(b"GET ") == 2  # both in one write
+        pool.close()
+        server.close()
+
+    uvloop.run(main())
+
+
+def test_upstream_requests_held_behind_a_lost_connection_go_out_on_another() -> None:
+    async def main() -> None:
+        accepted = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            if accepted == 1:  # takes the first request and dies without answering
+                await read_requests(reader, 1)
+                await asyncio.sleep(0.05)
+                return
+            while True:
+                await read_requests(reader, 1)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+        server, port = await start_raw(serve)
+        pool = UpstreamPool("127.0.0.1", port)
+        first = issue(pool, get("/one"))
+        await asyncio.sleep(0.01)
+        held = [issue(pool, get("/two")), issue(pool, get("/three"))]
+        results = await settle([first, *held])
+        assert isinstance(results[0], str) and [r[2] for r in results[1:]] == [b"ok", b"ok"]  # type: ignore[index]
+        pool.close()
+        server.close()
+
+    uvloop.run(main())

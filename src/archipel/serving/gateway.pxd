@@ -3,7 +3,7 @@
 from .http1 cimport Request, ServerConnection
 
 cdef class _Replica:
-    cdef public object id, deployment, site, jurisdiction, url, _pool, site_header
+    cdef public object id, deployment, site, jurisdiction, url, _pool, site_header, answered
     cdef public int version, in_flight, failures, ejections, served
     cdef public double ejected_until, latency_s
     cdef public bint healthy
@@ -20,7 +20,7 @@ cdef class _Route:
 
 cdef class Gateway:
     cdef public object workspace, engine, config, deployments, replicas, tokens, _verifying, answers, _decisions
-    cdef public object _allowed_cache, _routes, monitoring, _tasks, _audited, _secret, fast
+    cdef public object _allowed_cache, _routes, monitoring, _tasks, _audited, _secret, fast, _answered
     cdef public bint loaded
 
 cdef class _Call:

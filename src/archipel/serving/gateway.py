@@ -97,6 +97,7 @@ class _Replica:
         self.healthy = True
         self._pool: UpstreamPool | None = None
         self.site_header = b"x-archipel-site: %s\r\n" % site.encode()
+        self.answered: Any = None  # the fast lane's reader of its answers (see _native/fastlane.pyx)
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -104,7 +105,7 @@ class _Replica:
     def pool(self) -> UpstreamPool:
         if self._pool is None:
             where = urlsplit(self.url)
-            self._pool = UpstreamPool(where.hostname or "127.0.0.1", where.port or 80)
+            self._pool = UpstreamPool(where.hostname or "127.0.0.1", where.port or 80, answered=self.answered)
         return self._pool
 
 
@@ -154,10 +155,12 @@ class Gateway:
         self._secret = b"x-archipel-replica-secret: %s\r\n" % secret.encode() if secret else b""
         self.loaded = False
         self.fast: Any = None  # the fast lane, when this is the compiled twin (see _native)
+        self._answered: Any = None  # and its reader of the replicas' answers
         if __name__ == "archipel.serving._native.gateway" and not os.environ.get("ARCHIPEL_NO_FAST_LANE"):
-            from archipel.serving._native.fastlane import FastLane
+            from archipel.serving._native.fastlane import FastLane, answered
 
             self.fast = FastLane(self, min(self.config.refresh_s, self.config.token_cache_s / 2))
+            self._answered = answered
 
     # -- background loops ---------------------------------------------------------------------------------------
 
@@ -187,6 +190,7 @@ class Gateway:
         for deployment in table.values():
             kept = []
             for replica in deployment.replicas:
+                replica.answered = self._answered
                 known = self.replicas.get(replica.id)
                 kept.append(known if known is not None else replica)
                 replicas[replica.id] = kept[-1]
@@ -353,17 +357,24 @@ class Gateway:
 
     def fast_route(
         self, method: str, path: str, authorization: bytes | None, origin: bytes | None
-    ) -> _Route | None:
-        """For the fast lane: the route of requests like this if it forwards them and is decided now, with a token
-        verified less than half its cache time ago (so the lane, which forgets its routes at least that often, never
-        serves a token past its cache time, and the Python path refreshes it ahead). None: the Python path serves."""
-        cached = self.tokens.get(authorization or b"")
-        if (
-            cached is None
-            or cached[1] is None
-            or time.monotonic() - cached[0] > self.config.token_cache_s / 2
-        ):
-            return None
+    ) -> _Route | bool:
+        """For the fast lane: the route of requests like this if it forwards them, with a token verified less than
+        half its cache time ago (the lane forgets routes at least that often, so it never serves a token past its
+        cache time). ``False``: requests like this take the Python path until the lane next forgets (a refusal, a
+        route that is not a replica's); ``True``: this one does (its token is being looked up, or is due again: the
+        look-up starts here, as :meth:`handle` starts it)."""
+        header = authorization or b""
+        cached = self.tokens.get(header)
+        if cached is None:
+            return True
+        age = time.monotonic() - cached[0]
+        if age > self.config.token_cache_s / 2:
+            if age < self.config.token_cache_s and header not in self._verifying:  # refresh ahead
+                self._verifying[header] = []
+                asyncio.get_running_loop().create_task(self._verify(header))
+            return True
+        if cached[1] is None:
+            return False
         key = (method, path, authorization, origin)
         route = self._routes.get(key)
         if route is None:
@@ -372,9 +383,9 @@ class Gateway:
                 headers[b"x-archipel-origin"] = origin
             route = self._decide(Request(method, path, headers, b"", True), cached[1])
             if not route.cacheable:
-                return None
+                return False
             self._routes[key] = route
-        return route if route.deployment is not None and not route.status else None
+        return route if route.deployment is not None and not route.status else False
 
     def _decide(self, request: Request, token: Token | None) -> _Route:
         """What to do with requests like this one (method, path, token, origin): refuse them, or forward them to
@@ -510,6 +521,10 @@ class Gateway:
             lines.append(f"archipel_gateway_replica_ejected{{{labels}}} {int(not r.usable(now))}")
             lines.append(f"archipel_gateway_replica_in_flight{{{labels}}} {r.in_flight}")
             lines.append(f"archipel_gateway_replica_latency_seconds{{{labels}}} {r.latency_s:.6f}")
+        if self.fast is not None:  # requests the compiled lane took, and those it left to the Python path
+            lines.append("# TYPE archipel_gateway_fast_lane_requests_total counter")
+            lines.append(f'archipel_gateway_fast_lane_requests_total{{lane="fast"}} {self.fast.taken}')
+            lines.append(f'archipel_gateway_fast_lane_requests_total{{lane="python"}} {self.fast.declined}')
         lines.append("# TYPE archipel_gateway_responses_total counter")
         for (deployment, status), count in sorted(self.answers.items()):
             lines.append(

@@ -27,7 +27,7 @@ cdef class UpstreamConnection:
     cdef public bint closed
 
 cdef class UpstreamPool:
-    cdef public object host, loop, conns, idle, _queue
+    cdef public object host, loop, conns, idle, _queue, answered, last
     cdef public int port, max_connections, connecting
     cdef public double max_idle_s
-    cdef public bint closed
+    cdef public bint closed, _flush_due

@@ -363,7 +363,17 @@ async def serve(handler: Handler, sock: socket.socket, *, max_body: int,
 Done = Callable[[int, bytes, bytes], None]
 """``done(status, head, body)``: ``head`` is the status line and header lines, each ending in CRLF."""
 Failed = Callable[[str], None]
+Answered = Callable[["UpstreamConnection", bytes], bool]
+"""``answered(connection, data)``: when nothing is buffered on the connection, it may take ``data`` if it is whole
+answers it can pass on itself (True); False: :meth:`UpstreamConnection.data_received` reads it. The gateway's fast
+lane (``_native/fastlane.pyx``)."""
 _CLOSE = b"connection: close\r\n"
+PIPELINE = 8
+"""A batch goes on the connection written last while fewer than this are in flight on it (HTTP/1.1 pipelining:
+the replica reads them together, so batches them, and its answers come back in fewer reads)."""
+HOLD = 64
+"""While the replica is answering on the connection written last, up to this many new requests wait for its answers
+and leave with their arrival, in one write (or at the next :meth:`UpstreamPool.expire`, if the answers are slow)."""
 
 
 class _Exchange:
@@ -397,7 +407,13 @@ class UpstreamConnection:
         self.transport.write(batch[0].data if len(batch) == 1 else b"".join(e.data for e in batch))
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            buffer = self._buffer + data
+        else:
+            answered = self.pool.answered
+            if answered is not None and answered(self, data):
+                return
+            buffer = data
         while buffer:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -426,6 +442,9 @@ class UpstreamConnection:
                 self.pool.release(self)
             exchange.done(status, head, body)
         self._buffer = buffer
+        pool = self.pool
+        if pool._queue and not pool._flush_due:  # requests held while these answers were computed
+            pool._flush()
 
     def eof_received(self) -> None:
         return None
@@ -448,14 +467,18 @@ class UpstreamPool:
     """Connections to one ``host:port`` (see the module docstring). A connection idle longer than
     ``max_idle_s`` is not reused (the server may be closing it)."""
 
-    def __init__(self, host: str, port: int, *, max_connections: int = 16, max_idle_s: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, *, max_connections: int = 16, max_idle_s: float = 30.0,
+                 answered: Answered | None = None) -> None:  # fmt: skip
         self.host, self.port, self.max_connections, self.max_idle_s = host, port, max_connections, max_idle_s
+        self.answered = answered
         self.loop = asyncio.get_running_loop()
         self.conns: list[UpstreamConnection] = []  # connected
         self.idle: list[UpstreamConnection] = []  # connected, nothing in flight
         self.connecting = 0
         self.closed = False
         self._queue: list[Any] = []
+        self.last: UpstreamConnection | None = None  # written last
+        self._flush_due = False
 
     def request(self, data: bytes, timeout_s: float, done: Done, failed: Failed) -> None:
         """Send ``data`` (a whole request) at the end of this turn of the loop; exactly one of ``done(status,
@@ -468,18 +491,29 @@ class UpstreamPool:
         if self.closed:
             self.loop.call_soon(exchange.failed, "the replica is gone")
             return
-        if not self._queue:
-            self.loop.call_soon(self._flush)
-        self._queue.append(exchange)
+        queue = self._queue
+        queue.append(exchange)
+        if self._flush_due:
+            return
+        conn = self.last
+        if conn is not None and conn.inflight and not conn.closed and len(queue) < HOLD:
+            return  # the replica is answering on it: these leave with its next answers (see UpstreamConnection)
+        self._flush_due = True
+        self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_due = False
         batch, self._queue = self._queue, []
         if not batch:
             return
+        conn = self.last
+        if conn is not None and not conn.closed and 0 < len(conn.inflight) < PIPELINE:
+            return conn.send(batch)
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < self.max_idle_s:
+                self.last = conn
                 return conn.send(batch)
             conn.abort("idle too long")
             self.discard(conn)  # now: the choice below must not fall on it
@@ -505,6 +539,7 @@ class UpstreamPool:
                 exchange.failed("the replica is gone")
             return
         self.conns.append(conn)
+        self.last = conn
         conn.send(batch)
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -515,12 +550,19 @@ class UpstreamPool:
         for where in (self.conns, self.idle):
             with contextlib.suppress(ValueError):
                 where.remove(conn)
+        if conn is self.last:
+            self.last = None
+            if self._queue and not self._flush_due:  # they were held behind its answers
+                self._flush_due = True
+                self.loop.call_soon(self._flush)
 
     def expire(self, now: float) -> None:
         """Abort every connection whose oldest request is past its deadline (failing all requests on it)."""
         for conn in list(self.conns):
             if conn.inflight and conn.inflight[0].deadline < now:
                 conn.abort("timed out")
+        if self._queue and not self._flush_due:  # held behind answers that are slow to come
+            self._flush()
 
     def close(self) -> None:
         self.closed = True

@@ -8,8 +8,9 @@ finds odd goes to the strict parser, which decides), a request split over reads 
 ``Expect``, ``Upgrade``, ``Connection`` other than ``keep-alive``, HTTP/1.0, a body over the limit, a token not
 verified lately, a route that refuses, a replica to pick that is not usable. The decision itself is the Python
 path's (:meth:`Gateway.fast_route`): the lane keeps it by (method, path, token, origin) and forgets it every
-``period`` seconds (at most half the token cache time), and whenever the gateway re-reads its routing table. The
-answer comes back the Python path's way (``_Call.done``: retries, ejection, counters).
+``period`` seconds (at most half the token cache time), and whenever the gateway re-reads its routing table. 
+The replicas' answers come back through :func:`answered` when they are plain (whole, a status other than 401 or
+5xx, the connection kept), else the Python path's way (``_Call.done``: retries, ejection, counters).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -19,7 +20,7 @@ from libc.string cimport memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from .gateway cimport Gateway, _Call, _Deployment, _Replica, _Route
-from .http1 cimport Request, ServerConnection
+from .http1 cimport Request, ServerConnection, UpstreamConnection, UpstreamPool
 
 
 cdef extern from "string.h" nogil:
@@ -36,7 +37,8 @@ for _c in list(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL
     TCHAR[_c] = 1
 
 cdef dict NO_HEADERS = {}
-cdef object SLOW = False  # a key whose requests take the Python path until the lane forgets its routes
+cdef object SLOW = False  # a key whose requests take the Python path until the lane forgets its routes (as
+                         # Gateway.fast_route says it)
 cdef str NOT_READY = "no replica is ready"
 
 
@@ -206,8 +208,10 @@ cdef class FastLane:
             decided = self.gateway.fast_route(
                 "POST" if post else "GET", data[path0:path1].decode("latin-1"),
                 data[auth0:auth1] if auth0 != NO else None, data[org0:org1] if org0 != NO else None)
-            self.routes[key] = SLOW if decided is None else decided
-            if decided is None:
+            if decided is True:  # not now (its token is being looked up)
+                return False
+            self.routes[key] = SLOW if decided is False else decided
+            if decided is False:
                 return False
         elif <object> found is SLOW:
             return False
@@ -282,3 +286,111 @@ cdef class FastLane:
         conn.pending.append(request)
         (replica._pool if replica._pool is not None else replica.pool()).submit(call)
         return True
+
+
+cdef inline Py_ssize_t whole(const unsigned char* p, Py_ssize_t at, Py_ssize_t n, Py_ssize_t* blank,
+                             int* status) noexcept nogil:
+    """The end of the plain answer at ``p[at:]`` (``blank``: its head's blank line; ``status``), or -1: not whole, not
+    an archipel replica's answer (``HTTP/1.1 NNN ...`` then ``content-length``), a failure the Python path retries
+    (5xx, 401), or one that closes the connection."""
+    cdef const unsigned char* found = <const unsigned char*> memmem(p + at, n - at, b"\r\n\r\n", 4)
+    if found == NULL or n - at < 32 or memcmp(p + at, b"HTTP/1.1 ", 9) != 0:
+        return -1
+    cdef Py_ssize_t end = found - p, i, line
+    cdef long long length = 0
+    status[0] = 0
+    for i in range(at + 9, at + 12):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        status[0] = status[0] * 10 + (p[i] - 48)
+    if status[0] < 200 or status[0] >= 500 or status[0] == 401:
+        return -1
+    found = <const unsigned char*> memmem(p + at, end - at, b"\r\n", 2)
+    if found == NULL:
+        return -1
+    line = found - p + 2
+    if end - line < 17 or memcmp(p + line, b"content-length: ", 16) != 0:
+        return -1
+    i = line + 16
+    while p[i] != 13:
+        if p[i] < 48 or p[i] > 57 or i - line > 32:
+            return -1
+        length = length * 10 + (p[i] - 48)
+        i += 1
+    if memmem(p + at, end + 2 - at, b"connection: close\r\n", 19) != NULL:
+        return -1
+    blank[0] = end
+    if n - (end + 4) < length:
+        return -1
+    return end + 4 + length
+
+
+def answered(UpstreamConnection up, bytes data):
+    """A replica's answers in ``data`` passed on in C (True), when every one is whole and plain (see :func:`whole`)
+    and answers a request forwarded for a client (a :class:`_Call`); else nothing is done (False) and
+    ``UpstreamConnection.data_received`` reads them (as it reads health checks' answers)."""
+    cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = len(data), at = 0, end, blank = 0, count = 0, size, k
+    cdef int status = 0
+    inflight = up.inflight
+    cdef Py_ssize_t waiting = len(inflight)
+    while at < n:  # all or nothing: check them all first
+        end = whole(p, at, n, &blank, &status)
+        if end < 0 or count >= waiting:
+            return False
+        exchange = inflight[count]
+        if type(exchange) is not _Call or type((<_Call> exchange).conn) is not ServerConnection:
+            return False
+        count += 1
+        at = end
+    cdef double t = now()
+    cdef _Call call
+    cdef _Replica replica
+    cdef ServerConnection conn
+    cdef Request request
+    cdef bytes site, out
+    cdef char* o
+    cdef tuple key
+    at = 0
+    while at < n:
+        end = whole(p, at, n, &blank, &status)
+        call = <_Call> inflight.popleft()
+        if not inflight:
+            up.idle_since = t
+            up.pool.idle.append(up)
+        replica = <_Replica> call.replica
+        replica.in_flight -= 1
+        replica.failures = 0
+        replica.served += 1
+        replica.latency_s += 0.2 * (t - call.sent - replica.latency_s)
+        key = ((<_Deployment> call.deployment).name, status)
+        answers = call.gateway.answers
+        answers[key] = answers.get(key, 0) + 1
+        conn, request, site = <ServerConnection> call.conn, call.request, <bytes> replica.site_header
+        pending = conn.pending
+        if request.answer is not None:
+            pass
+        elif (request.keep_alive is True and len(pending) == 1 and pending[0] is request and not conn._out
+              and not conn.closed):
+            pending.popleft()  # as ServerConnection.respond_head: nothing before or behind it, straight out
+            request.answer = b""
+            size = (blank + 2 - at) + len(site) + 2 + (end - blank - 4)
+            out = PyBytes_FromStringAndSize(NULL, size)
+            o = PyBytes_AS_STRING(out)
+            k = put(o, p + at, blank + 2 - at)
+            k += put(o + k, <const unsigned char*> PyBytes_AS_STRING(site), len(site))
+            k += put(o + k, <const unsigned char*> b"\r\n", 2)
+            put(o + k, p + blank + 4, end - blank - 4)
+            conn.transport.write(out)
+            conn.last = t
+            if conn.paused:
+                conn.paused = False
+                if conn.writable:
+                    conn.transport.resume_reading()
+        else:
+            conn.respond_head(request, data[at:blank + 2] + site, data[blank + 4:end])
+        at = end
+    cdef UpstreamPool pool = up.pool
+    if pool._queue and not pool._flush_due:  # requests held while these answers were computed
+        pool._flush()
+    return True
