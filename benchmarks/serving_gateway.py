@@ -235,6 +235,19 @@ async def open_loop(port: int, request: bytes, rate: float, seconds: float, warm
     return row
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several turns of a path at the same rate: counts summed (errors, requests), figures the median
+    of the turns', and the proxy's CPU a request of each turn (``proxy_cpu_us_per_req_rounds``)."""
+    summed = ("requests", "errors", "non_200", "unfinished")
+    row: dict[str, Any] = {"rounds": len(rounds)}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if key in r]
+        row[key] = sum(values) if key in summed else round(float(np.median(values)), 4)
+    if "proxy_cpu_us_per_req" in rounds[0]:
+        row["proxy_cpu_us_per_req_rounds"] = [r["proxy_cpu_us_per_req"] for r in rounds]
+    return row
+
+
 def nginx_version() -> str | None:
     """nginx's version if it is installed, else None."""
     if shutil.which("nginx") is None:

@@ -23,7 +23,7 @@ name: sgd-{site}
 run: python train.py
 inputs: [patients-eu]
 outputs: {{model: {{kind: artifact}}}}
-envs: {{TRAIN_STEPS: "60", STEP_SECONDS: "0.05"}}
+envs: {{TRAIN_STEPS: "60", STEP_SECONDS: "0.1"}}
 resources: {{cpus: 1, memory: 1GiB, spot: false}}
 constraints: {{sites: [{site}]}}
 checkpoint: 0.5s
@@ -50,18 +50,20 @@ def test_the_same_example_runs_unchanged_on_ray_and_recovers_there(
     ws = _on_ray(ws, engine, ray_head, "onprem-frankfurt")
     assert ws.site("onprem-frankfurt").compute.startswith("ray+http://")
     local = submit(ws, engine, write_job(tmp_path / "local", JOB.format(site="gcp-europe-west4")))
-    on_ray = submit(ws, engine, write_job(tmp_path / "ray", JOB.format(site="onprem-frankfurt")))
     reconciler = Reconciler(ws, engine)
     stopped = False
     try:
         assert reconciler.drive(local, timeout_s=120) == "SUCCEEDED"
+        # submitted once the local run is done, so it is watched from its first checkpoint on
+        on_ray = submit(ws, engine, write_job(tmp_path / "ray", JOB.format(site="onprem-frankfurt")))
         deadline = time.monotonic() + 240
         while (state := reconciler.state_of(on_ray)) not in ("SUCCEEDED", "FAILED", "CANCELLED"):
             assert time.monotonic() < deadline, get_run(engine, on_ray).steps
             reconciler.tick()
             view = get_run(engine, on_ray)
             ckpt = view.steps[0]["checkpoint"]
-            if not stopped and ckpt is not None and view.attempts[-1]["state"] == "RUNNING":
+            early = ckpt is not None and ckpt["step"] <= 45  # stopped while steps are left to train
+            if not stopped and early and view.attempts[-1]["state"] == "RUNNING":
                 ws.compute("onprem-frankfurt").cancel(view.attempts[-1]["job_id"])  # Ray stops it: preempted
                 stopped = True
             time.sleep(0.1)

@@ -21,7 +21,8 @@ cdef class _Route:
 cdef class Gateway:
     cdef public object workspace, engine, config, deployments, replicas, tokens, _verifying, answers, _decisions
     cdef public object _allowed_cache, _routes, monitoring, _tasks, _audited, _secret, fast, _answered
-    cdef public bint loaded
+    cdef public object _read
+    cdef public bint loaded, _metrics_asked
 
 cdef class _Call:
     cdef public Gateway gateway

@@ -33,6 +33,7 @@ so replicas bound beyond loopback take traffic from gateways only.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -156,6 +157,8 @@ class Gateway:
         self.loaded = False
         self.fast: Any = None  # the fast lane, when this is the compiled twin (see _native)
         self._answered: Any = None  # and its reader of the replicas' answers
+        self._read: Any = None  # the deployments and replicas as last read (see _read_table)
+        self._metrics_asked = False
         if __name__ == "archipel.serving._native.gateway" and not os.environ.get("ARCHIPEL_NO_FAST_LANE"):
             from archipel.serving._native.fastlane import FastLane, answered
 
@@ -168,6 +171,9 @@ class Gateway:
         await self.refresh()
         loops = (self._refresh_loop(), self._health_loop(), self._expire_loop())
         self._tasks = [asyncio.create_task(loop) for loop in loops]
+        # what is loaded by now (modules, the ORM, the routing table) lives as long as the process: out of the
+        # cyclic collector's sight, so its full collections do not walk it again and again under load
+        gc.freeze()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -186,6 +192,9 @@ class Gateway:
 
     async def refresh(self) -> None:
         table = await asyncio.to_thread(self._read_table)
+        if table is None:  # nothing changed; the routes are still decided again (they hold verified tokens)
+            self._routes = {}
+            return
         replicas: dict[int, _Replica] = {}
         for deployment in table.values():
             kept = []
@@ -203,7 +212,8 @@ class Gateway:
         if self.fast is not None:
             self.fast.clear()
 
-    def _read_table(self) -> dict[str, _Deployment]:
+    def _read_table(self) -> dict[str, _Deployment] | None:
+        """The routing table from the metadata store; None if the deployments and replicas are as last read."""
         from archipel.services.models import get_version
         from archipel.services.monitoring import gauges
 
@@ -211,7 +221,21 @@ class Gateway:
         with session_scope(self.engine) as session:
             rows = list(session.scalars(select(DeploymentRow).where(DeploymentRow.state != "down")))
             replicas = list(session.scalars(select(ReplicaRow).where(ReplicaRow.state == "running")))
-        self.monitoring = gauges(self.engine)  # the latest drift verdicts and alert counts, for /metrics
+            read = (
+                [(r.name, r.model, r.version, r.updated_at, orjson.dumps(r.spec, option=orjson.OPT_SORT_KEYS))
+                 for r in rows],
+                [(r.id, r.deployment, r.site, r.jurisdiction, r.url, r.version) for r in replicas],
+            )  # fmt: skip
+        if (
+            self._metrics_asked or not self.loaded
+        ):  # the latest drift verdicts and alert counts, for /metrics:
+            self._metrics_asked = (
+                False  # read when someone looks (a scrape sees them as of the refresh before)
+            )
+            self.monitoring = gauges(self.engine)
+        if read == self._read:
+            return None
+        self._read = read
         for row in rows:
             version = get_version(self.engine, f"{row.model}/{row.version}")
             subjects, canary_version, weight = version.subjects(), None, 0.0
@@ -510,6 +534,7 @@ class Gateway:
             self._audit("gateway.eject", replica)
 
     def _metrics(self) -> bytes:
+        self._metrics_asked = True
         lines = ["# TYPE archipel_gateway_replica_requests_total counter",
                  "# TYPE archipel_gateway_replica_ejected gauge",
                  "# TYPE archipel_gateway_replica_in_flight gauge",

@@ -491,11 +491,16 @@ class UpstreamPool:
         if self.closed:
             self.loop.call_soon(exchange.failed, "the replica is gone")
             return
-        queue = self._queue
+        queue, conn = self._queue, self.last
+        idle = not queue and conn is not None and not conn.inflight and not conn.closed and conn in self.idle
+        if idle and time.monotonic() - conn.idle_since < self.max_idle_s:  # the replica is idle: straight out
+            self.idle.remove(conn)
+            conn.inflight.append(exchange)
+            conn.transport.write(exchange.data)
+            return
         queue.append(exchange)
         if self._flush_due:
             return
-        conn = self.last
         if conn is not None and conn.inflight and not conn.closed and len(queue) < HOLD:
             return  # the replica is answering on it: these leave with its next answers (see UpstreamConnection)
         self._flush_due = True

@@ -16,7 +16,7 @@ The replicas' answers come back through :func:`answered` when they are plain (wh
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from .gateway cimport Gateway, _Call, _Deployment, _Replica, _Route
@@ -40,6 +40,20 @@ cdef dict NO_HEADERS = {}
 cdef object SLOW = False  # a key whose requests take the Python path until the lane forgets its routes (as
                          # Gateway.fast_route says it)
 cdef str NOT_READY = "no replica is ready"
+
+
+cdef inline const unsigned char* blank_line(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Where ``\\r\\n\\r\\n`` starts in ``p[:n]``, or NULL (memchr for each CR: faster than glibc's memmem for a
+    needle this short)."""
+    cdef const unsigned char* end = p + n
+    cdef const unsigned char* cr = p
+    while True:
+        cr = <const unsigned char*> memchr(cr, 13, end - cr)
+        if cr == NULL or end - cr < 4:
+            return NULL
+        if cr[1] == 10 and cr[2] == 13 and cr[3] == 10:
+            return cr
+        cr += 1
 
 
 cdef inline double now() noexcept nogil:
@@ -93,7 +107,7 @@ cdef class FastLane:
     cdef bint take(self, ServerConnection conn, bytes data) except -1:
         cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = len(data)
-        cdef const unsigned char* blank = <const unsigned char*> memmem(p, n, b"\r\n\r\n", 4)
+        cdef const unsigned char* blank = blank_line(p, n)
         if blank == NULL or blank - p > MAX_HEAD:
             return False
         cdef Py_ssize_t head = blank - p, i, path0, path1, line, colon, v0, v1, k
@@ -143,6 +157,8 @@ cdef class FastLane:
             v1 = i  # trailing whitespace kept, as llhttp keeps it
             i += 2
             k = colon - line
+            if k < 6 or k > 17 or (p[line] | 0x20) not in b"acetux":  # not a name the lane looks at
+                continue
             if named(p + line, k, b"content-length", 14):
                 if length != NO or v1 == v0 or v1 - v0 > 15:
                     return False
@@ -293,7 +309,7 @@ cdef inline Py_ssize_t whole(const unsigned char* p, Py_ssize_t at, Py_ssize_t n
     """The end of the plain answer at ``p[at:]`` (``blank``: its head's blank line; ``status``), or -1: not whole, not
     an archipel replica's answer (``HTTP/1.1 NNN ...`` then ``content-length``), a failure the Python path retries
     (5xx, 401), or one that closes the connection."""
-    cdef const unsigned char* found = <const unsigned char*> memmem(p + at, n - at, b"\r\n\r\n", 4)
+    cdef const unsigned char* found = blank_line(p + at, n - at)
     if found == NULL or n - at < 32 or memcmp(p + at, b"HTTP/1.1 ", 9) != 0:
         return -1
     cdef Py_ssize_t end = found - p, i, line
@@ -305,8 +321,8 @@ cdef inline Py_ssize_t whole(const unsigned char* p, Py_ssize_t at, Py_ssize_t n
         status[0] = status[0] * 10 + (p[i] - 48)
     if status[0] < 200 or status[0] >= 500 or status[0] == 401:
         return -1
-    found = <const unsigned char*> memmem(p + at, end - at, b"\r\n", 2)
-    if found == NULL:
+    found = <const unsigned char*> memchr(p + at, 13, end - at)
+    if found == NULL or found[1] != 10:
         return -1
     line = found - p + 2
     if end - line < 17 or memcmp(p + line, b"content-length: ", 16) != 0:
