@@ -9,14 +9,21 @@ bodies; ``Expect: 100-continue``; a body over the limit refused with 413 from it
 connections closed after ``keepalive_s``; a request whose head or body stalls gets 408 after
 ``request_timeout_s``; a client that does not read its answers stops being read.
 
-Client side (:class:`UpstreamPool`): connections to one replica. Requests made in the same turn of the event loop
-go out together in one write on one connection (HTTP/1.1 pipelining, answered in order); an idle connection is
-preferred, then a new one up to ``max_connections``, then the least loaded. Each request has a deadline:
-:meth:`UpstreamPool.expire` aborts a connection whose oldest request is past it, failing every request on it.
+Client side (:class:`UpstreamPool`): connections to one replica. A request to an idle replica goes straight out;
+requests made while the replica is answering on the connection written last wait for those answers (up to
+:data:`HOLD`) and leave with their arrival, together in one write (HTTP/1.1 pipelining, answered in order, up to
+:data:`PIPELINE` in flight on one connection); otherwise an idle connection is preferred, then a new one up to
+``max_connections``, then the least loaded. Each request has a deadline: :meth:`UpstreamPool.expire` aborts a
+connection whose oldest request is past it, failing every request on it, and sends requests held too long.
+Fewer writes and reads is the point: on loopback each system call costs more than the gateway's own work.
 
 Why not ASGI and an HTTP client library: the gateway's whole job is one parse, one decision and one copy a
 request; uvicorn's ASGI cycle and aiohttp's client cost it 230 us of CPU a request (``benchmarks/serving.py``),
 and every request paid its own system calls both ways.
+
+This module runs as it is, and is also compiled by Cython in pure Python mode (types in ``http1.pxd``) by
+``scripts/build_native.py``; the compiled twin replaces it at import when it was built from these very sources
+(:mod:`archipel.serving._native`; ``ARCHIPEL_PURE_PYTHON=1`` keeps the Python).
 """
 
 from __future__ import annotations
