@@ -91,7 +91,7 @@ def test_ddp_example_trains_on_two_ray_workers_and_publishes_the_model(
 ) -> None:
     ws, engine = runs_ws
     ws = _on_ray(ws, engine, ray_head)
-    epochs = 4
+    epochs = 8  # ~35 ms an epoch: past the 0.1 s checkpoint interval even on a fast run
     run_id = _submit(ws, engine, tmp_path / "job", epochs=epochs, retries=0)
     reconciler = Reconciler(ws, engine)
     try:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from archipel.cli.demo import DEMO_REQUEST
+import pytest
+
+from archipel.cli.demo import DEMO_REQUEST, STEPS
 from archipel.db import connect, session_scope
 from archipel.db.orm import SiteRow
 from archipel.services.offers import find_offers
@@ -26,28 +35,76 @@ main(sys.argv[1:])
 """
 
 
-def test_demo_runs_and_every_figure_checks_out(tmp_path: Path) -> None:
-    ws_dir = tmp_path / "demo"
+@dataclass(frozen=True)
+class Demo:
+    """One ``archipel demo --fast --keep-running`` for the module: its output, summary and workspace."""
+
+    stdout: str
+    summary: dict[str, Any]
+    ws: Any
+    engine: Any
+
+    def step(self, key: str) -> dict[str, Any]:
+        return self.summary["steps"][key]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    ws_dir = tmp_path_factory.mktemp("demo") / "ws"
+    env = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1"}
+    for var in ("ARCHIPEL_WORKSPACE", "ARCHIPEL_DB_URL"):
+        env.pop(var, None)
+    env["ARCHIPEL_HOME"] = str(tmp_path_factory.mktemp("home"))
     proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PANDAS, "demo", "--workspace", str(ws_dir)],
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_PANDAS,
+            "demo",
+            "--fast",
+            "--keep-running",
+            "--workspace",
+            str(ws_dir),
+        ],
         capture_output=True,
         text=True,
-        timeout=180,
-        env={**__import__("os").environ, "COLUMNS": "160"},
+        timeout=240,
+        env=env,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())
-    assert summary["ok"] is True and all(summary["checks"].values())
+    summary_file = ws_dir / ".archipel" / "demo-summary.json"
+    kept = json.loads(summary_file.read_text()).get("kept_running", {}) if summary_file.exists() else {}
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        ws = load_workspace(ws_dir)
+        engine = connect(ws.db_url)
+        yield Demo(proc.stdout, json.loads(summary_file.read_text()), ws, engine)
+        engine.dispose()
+    finally:
+        if kept.get("gateway_pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kept["gateway_pid"], signal.SIGTERM)
+        subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "deployments", "down",
+                        "readmission"], capture_output=True, env=env, timeout=60)  # fmt: skip
 
-    sites = summary["steps"]["sites"]
+
+def test_every_step_is_shown_with_its_figure_and_every_check_held(demo: Demo) -> None:
+    titles = [title for _, title, _ in STEPS]
+    for number, title in enumerate(titles, start=1):
+        assert f"{number}. {title}" in demo.stdout
+    assert len(titles) == 8 and demo.summary["ok"] is True and demo.summary["fast"] is True
+    assert demo.summary["checks"] and all(demo.summary["checks"].values())
+    assert set(demo.summary["seconds_by_step"]) == set(demo.summary["steps"]) == {key for key, _, _ in STEPS}
+    assert f"All {len(demo.summary['checks'])} checks held" in demo.stdout
+
+
+def test_the_sites_and_prices_are_the_stores_and_the_catalogs(demo: Demo) -> None:
+    sites, ws, engine = demo.step("sites"), demo.ws, demo.engine
     assert sites["count"] == 3 and sites["jurisdictions"] == ["EU", "US"]
-    ws = load_workspace(ws_dir)
-    engine = connect(ws.db_url)
     with session_scope(engine) as session:
         health = {row.name: row.health for row in session.query(SiteRow)}
     assert health == sites["health"] == {name: "healthy" for name in ws.spec.sites}
 
-    offers = summary["steps"]["offers"]
+    offers = sites["offers"]
     rows = find_offers(ws, DEMO_REQUEST)
     assert offers["matching"] == len(rows)
     assert offers["cheapest"]["site"] == rows[0].site
@@ -57,27 +114,16 @@ def test_demo_runs_and_every_figure_checks_out(tmp_path: Path) -> None:
         cheapest_by_site.setdefault(row.site, row.hourly)
     assert offers["cheapest_by_site"] == cheapest_by_site
     # the printed sentence carries the computed figures
-    assert f"${rows[0].hourly:.4f}/h" in proc.stdout
-    assert rows[0].offer.instance_type in proc.stdout
-    engine.dispose()
+    assert f"${rows[0].hourly:.4f}/h" in demo.stdout
+    assert rows[0].offer.instance_type in demo.stdout
 
 
-def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_path: Path) -> None:
+def test_the_data_step_matches_the_ledger_the_catalog_and_the_audit_log(demo: Demo) -> None:
     from archipel.cost.ledger import entries
     from archipel.policy.audit import AuditLog
     from archipel.services.data import get_dataset
 
-    ws_dir = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "archipel.cli", "demo", "--workspace", str(ws_dir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["data"]
-    ws = load_workspace(ws_dir)
-    engine = connect(ws.db_url)
+    data, ws, engine = demo.step("data"), demo.ws, demo.engine
 
     eu = get_dataset(engine, "patients-eu").latest
     assert data["datasets"][eu.ref] == {"rows": eu.rows, "bytes": eu.bytes, "sha256": eu.sha256}
@@ -100,13 +146,14 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
         e for e in AuditLog(engine, ws.state_dir).entries(action="policy.replicate") if e.outcome == "refused"
     ]
     assert [e.sites for e in refused] == [("aws-us-east-1",)]
-    assert "Refused patients-eu → aws-us-east-1 by rule default-personal-data-residency" in proc.stdout
+    assert "Refused patients-eu → aws-us-east-1 by rule default-personal-data-residency" in demo.stdout
 
-    # the plan step: planning again now gives the same plan, for the same reasons
+
+def test_planning_again_gives_the_same_plan_for_the_same_reasons(demo: Demo) -> None:
     from archipel.cli.demo_plan import DEMO_PIPELINE
     from archipel.services.plan import make_plan
 
-    plan = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["plan"]
+    plan, ws, engine = demo.step("plan"), demo.ws, demo.engine
     again = make_plan(ws, engine, DEMO_PIPELINE)
     assert again.fingerprint == plan["fingerprint"]
     assert round(again.plan.total_usd, 6) == plan["total_usd"]
@@ -117,13 +164,12 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
         (step, "aws-us-east-1", "default-personal-data-residency") for step in ("prepare", "train")
     }
 
-    # the run step: the run as the metadata store, the ledger and the site's storage know it
-    import hashlib
 
+def test_the_run_is_the_one_the_store_the_ledger_and_the_storage_know(demo: Demo) -> None:
     from archipel.cost.ledger import entries
     from archipel.services.runs import get_run
 
-    summary_run = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["run"]
+    summary_run, ws, engine = demo.step("run"), demo.ws, demo.engine
     view = get_run(engine, summary_run["run_id"])
     train = next(s for s in view.steps if s["step"] == "train")
     assert view.state == summary_run["state"] == "SUCCEEDED"
@@ -140,11 +186,12 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     data = ws.storage(model["site"]).get(model["key"])
     assert hashlib.sha256(data).hexdigest() == model["sha256"] == summary_run["model_sha256"]
 
-    # the models step: the version, its alias, replicas and the refusal, as the registry and the audit log know them
+
+def test_the_model_as_the_registry_and_the_audit_log_know_it(demo: Demo) -> None:
     from archipel.policy.audit import AuditLog
     from archipel.services.models import get_version, onnx_bytes
 
-    summary_models = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["models"]
+    summary_run, summary_models, ws, engine = demo.step("run"), demo.step("models"), demo.ws, demo.engine
     version = get_version(
         engine, f"readmission/{summary_models['version']}"
     )  # (production moves on in step 8)
@@ -165,11 +212,14 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     )
     assert version.metrics == summary_models["metrics"]
 
-    # the serving step: no failed request while a site died, none answered outside the EU, the US origin refused;
-    # the killed site and the ejection are in the audit log, the replicas' hours in the ledger
-    from archipel.services.deployments import get_deployment
 
-    serving = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["serving"]
+def test_serving_failed_no_request_served_none_abroad_and_is_in_the_ledger(demo: Demo) -> None:
+    """No failed request while a site died, none answered outside the EU, the US origin refused; the killed site and
+    the ejection are in the audit log, the replicas' hours in the ledger."""
+    from archipel.cost.ledger import entries
+    from archipel.policy.audit import AuditLog
+
+    serving, ws, engine = demo.step("serving"), demo.ws, demo.engine
     assert serving["failed"] == 0 and serving["requests"] == sum(serving["served_by_site"].values()) > 0
     assert set(serving["served_by_site"]) <= {"onprem-frankfurt", "gcp-europe-west4"}
     assert serving["served_by_site"]["onprem-frankfurt"] > serving["served_before_kill"]["onprem-frankfurt"]
@@ -177,18 +227,21 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     log = AuditLog(engine, ws.state_dir)
     assert [e.subject for e in log.entries(action="chaos.kill_site")] == [serving["killed_site"]]
     assert any(e.sites == (serving["killed_site"],) for e in log.entries(action="gateway.unhealthy"))
-    assert get_deployment(engine, "readmission").state == "down"
     with session_scope(engine) as session:
         hours = [e for e in entries(session, kind="serving") if e.deployment_id == "readmission"]
     assert set(serving["sites"]) <= {e.site for e in hours} and all(e.amount_usd > 0 for e in hours)
     assert (
-        f"{serving['requests']} EU requests through the gateway" in proc.stdout and "0 failed" in proc.stdout
+        f"{serving['requests']} EU requests through the gateway" in demo.stdout and "0 failed" in demo.stdout
     )
 
-    # the monitoring step: the stored reports, the alert, the loop's audit trail and the new version agree
+
+def test_drift_reports_the_alert_the_loop_and_the_new_version_agree(demo: Demo) -> None:
+    from archipel.policy.audit import AuditLog
+    from archipel.services.models import get_version
     from archipel.services.monitoring import list_alerts, monitor_status
 
-    monitoring = json.loads((ws_dir / ".archipel" / "demo-summary.json").read_text())["steps"]["monitoring"]
+    monitoring, ws, engine = demo.step("monitoring"), demo.ws, demo.engine
+    log = AuditLog(engine, ws.state_dir)
     stored = {r["site"]: r for r in monitor_status(engine, "readmission")}
     for site, figures in monitoring["reports"].items():
         assert (stored[site]["id"], stored[site]["verdict"], stored[site]["rows"], stored[site]["drifted"]) == (
@@ -206,7 +259,52 @@ def test_demo_data_step_matches_the_ledger_the_catalog_and_the_audit_log(tmp_pat
     assert get_version(engine, "readmission@production").version == loop["version"]
     steps = ("monitor.", "trigger.", "model.promote", "deployment.")
     trail = [e.action for e in log.entries() if e.action.startswith(steps)]
-    assert trail[-8:] == ["monitor.drift", "monitor.drift", "monitor.alert", "trigger.fire", "model.promote",
-                          "deployment.deploy", "trigger.rolled-out", "deployment.down"], trail  # fmt: skip
-    assert log.verify().ok
-    engine.dispose()
+    assert trail[-9:-1] == ["monitor.drift", "monitor.drift", "monitor.alert", "trigger.fire", "model.promote",
+                            "deployment.deploy", "trigger.rolled-out", "deployment.down"], trail  # fmt: skip
+    assert trail[-1] == "deployment.deploy"  # --keep-running served it again
+
+
+def test_the_ledger_step_is_the_ledger_and_the_audit_log_verifies(demo: Demo) -> None:
+    from archipel.cost.ledger import entries
+    from archipel.policy.audit import AuditLog
+
+    ledger, ws, engine = demo.step("ledger"), demo.ws, demo.engine
+    with session_scope(engine) as session:
+        every = entries(session)
+    # --keep-running came after the ledger step: compare with the entries the step could see
+    seen = sorted(every, key=lambda e: e.at)[: ledger["entries"]]
+    by_site: dict[str, float] = {}
+    by_provider: dict[str, float] = {}
+    for e in seen:
+        by_site[e.site] = by_site.get(e.site, 0.0) + e.amount_usd
+        provider = ws.site(e.site).provider
+        by_provider[provider] = by_provider.get(provider, 0.0) + e.amount_usd
+    assert ledger["by_site"] == pytest.approx(by_site, abs=2e-6) and len(by_site) == 3
+    assert ledger["by_provider"] == pytest.approx(by_provider, abs=2e-6)
+    assert ledger["total_usd"] == pytest.approx(sum(e.amount_usd for e in seen), abs=2e-6)
+    assert ledger["total_usd"] > 0
+    report = AuditLog(engine, ws.state_dir).verify()
+    assert report.ok and ledger["audit"]["ok"] and report.entries >= ledger["audit"]["entries"] > 0
+    assert f"${ledger['total_usd']:.6f} in {ledger['entries']} ledger entries" in demo.stdout
+    assert "Audit log verified" in demo.stdout
+
+
+def test_keep_running_leaves_the_model_served_behind_a_gateway(demo: Demo) -> None:
+    import httpx
+
+    kept = demo.summary["kept_running"]
+    token = Path(kept["token_file"]).read_text().strip()
+    assert token not in demo.stdout and oct(Path(kept["token_file"]).stat().st_mode & 0o777) == "0o600"
+    from archipel.services.models import get_version
+
+    names = get_version(demo.engine, "readmission@production").signature["feature_names"]
+    body = {
+        "inputs": [
+            {"name": "input", "shape": [1, len(names)], "datatype": "FP32", "data": [0.0] * len(names)}
+        ]
+    }
+    eu = {"Authorization": f"Bearer {token}", "X-Archipel-Origin": "EU"}
+    answer = httpx.post(f"{kept['url']}/v2/models/readmission/infer", json=body, headers=eu, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-archipel-site"] in ("onprem-frankfurt", "gcp-europe-west4")
+    assert httpx.post(f"{kept['url']}/v2/models/readmission/infer", json=body, timeout=10).status_code == 401

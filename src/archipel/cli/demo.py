@@ -1,143 +1,161 @@
-"""``archipel demo``: the story so far, on local sites standing in for clouds.
+"""``archipel demo``: the whole story, on local sites standing in for clouds.
 
-Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks.
-The story grows with each capability: now workspace, sites (checked for real), offers, and data with residency
-policies, verified replication and the audit log, then a pipeline placed by residency, egress and price,
-run there with a killed worker recovered from its checkpoint, its model registered, gated and copied only
-where its data allows, served at two sites behind one gateway while one of them is killed, and watched for
-drift where its requests are: the drifted site found, the model retrained, gated and rolled out.
+1. an archipelago of sites in two jurisdictions, checked for real, with catalog prices;
+2. patient records under residency rules: verified replication where allowed, refusals where not;
+3. a pipeline placed by residency, egress and price, with the cheaper site it may not use;
+4. training with checkpoints, a worker killed and the run resumed from its last checkpoint;
+5. the model registered as ONNX with lineage, gated to production, copied only where its data allows;
+6. served at two sites behind one gateway while one of them is killed: no request fails, none leaves the EU;
+7. drift found at the one site whose traffic shifted, the model retrained, gated and rolled out;
+8. the cost ledger by site and provider, and the audit log verified.
+
+Every figure printed is computed here and written to a JSON summary that the demo's test cross-checks against the
+ledger, the audit log and the replicas' own counters. ``fast`` shortens the waits (training, traffic) for tests;
+``keep_running`` leaves the model served behind a gateway when the story ends.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.rule import Rule
+from sqlalchemy import Engine
 
 from archipel.cli import render
 from archipel.cli.demo_data import data_step
+from archipel.cli.demo_ledger import ledger_step
 from archipel.cli.demo_models import models_step
 from archipel.cli.demo_monitor import monitor_step
 from archipel.cli.demo_plan import plan_step
 from archipel.cli.demo_run import run_step
 from archipel.cli.demo_serve import serve_step
+from archipel.cli.demo_sites import DEMO_REQUEST, sites_step
 from archipel.db import connect
 from archipel.services.apply import apply_plan, plan_apply
 from archipel.services.init import init_workspace
-from archipel.services.offers import OfferRequest, find_offers
-from archipel.services.sites import check_sites, list_sites
+from archipel.workspace import Workspace
 
-__all__ = ["DEMO_REQUEST", "run_demo"]
+__all__ = ["DEMO_REQUEST", "STEPS", "run_demo"]
 
-DEMO_REQUEST = OfferRequest(cpus=2, memory_gib=8)
+Step = Callable[[Workspace, Engine, Console, dict[str, Any]], tuple[dict[str, Any], dict[str, bool]]]
+
+STEPS: list[tuple[str, str, Step]] = [
+    ("sites", "An archipelago of sites in two jurisdictions, with real catalog prices",
+     lambda ws, e, out, ctx: sites_step(ws, e, out)),
+    ("data", "Data has a home, and a jurisdiction", lambda ws, e, out, ctx: data_step(ws, e, out)),
+    ("plan", "Where each step goes, and why", lambda ws, e, out, ctx: plan_step(ws, e, out)),
+    ("run", "Train where the plan says; a worker dies and the run resumes from its checkpoint",
+     lambda ws, e, out, ctx: run_step(ws, e, out, fast=ctx["fast"])),
+    ("models", "The model: ONNX with lineage, a gate to production, copies only where its data allows",
+     lambda ws, e, out, ctx: models_step(ws, e, out, ctx["run"]["run_id"])),
+    ("serving", "Serving: one gateway over two EU sites, one of them killed mid-traffic",
+     lambda ws, e, out, ctx: serve_step(ws, e, out, fast=ctx["fast"])),
+    ("monitoring", "Drift where the data lives: found at one site, retrained, gated, rolled out",
+     lambda ws, e, out, ctx: monitor_step(ws, e, out)),
+    ("ledger", "What it all cost, and the audit trail", lambda ws, e, out, ctx: ledger_step(ws, e, out)),
+]  # fmt: skip
+"""(summary key, title, step): the story in order; each step returns its figures and its checks."""
+
+NEXT = (
+    "sites ls | offers --cpus 4 --memory 16 --spot | data ls | data show patients-eu | "
+    "policy check --data patients-eu --site aws-us-east-1 | audit ls | audit verify | runs ls | runs show RUN | "
+    "models show readmission | deployments ls | cost --by provider | monitor status | triggers ls"
+)
 
 
-def run_demo(root: Path | None, *, summary_path: Path | None = None) -> bool:
+def run_demo(
+    root: Path | None, *, summary_path: Path | None = None, fast: bool = False, keep_running: bool = False
+) -> bool:
     """Run every step; return True only if every step's check held."""
     out = render.console()
     started = time.perf_counter()
     root = root or Path(tempfile.mkdtemp(prefix="archipel-demo-"))
-    summary: dict[str, Any] = {"workspace": str(root), "steps": {}}
+    summary: dict[str, Any] = {"workspace": str(root), "fast": fast, "steps": {}, "seconds_by_step": {}}
     checks: dict[str, bool] = {}
-
-    out.print(Rule("1. An archipelago of sites"))
     workspace = init_workspace(root, demo=True, force=True)
     engine = connect(workspace.db_url)
-    plan = plan_apply(workspace, engine)
-    apply_plan(workspace, engine, plan)
-    out.print(
-        f"Workspace [bold]{workspace.root}[/]: {len(workspace.spec.sites)} sites applied to the metadata store."
-    )
-    results = check_sites(workspace, engine)
-    render.checks_table(results)
-    views, pending = list_sites(workspace, engine)
-    render.sites_table(views)
-    jurisdictions = sorted({v.spec.jurisdiction for v in views})
-    checks["sites_healthy"] = all(r.health == "healthy" for r in results)
-    checks["applied"] = not pending
-    summary["steps"]["sites"] = {
-        "count": len(views),
-        "jurisdictions": jurisdictions,
-        "health": {r.site: r.health for r in results},
-        "storage_check_ms": {r.site: round(r.storage.seconds * 1000, 1) for r in results},
-        "compute_check_ms": {r.site: round(r.compute.seconds * 1000, 1) for r in results},
-    }
-
-    out.print(Rule("2. What compute costs where"))
-    rows = find_offers(workspace, DEMO_REQUEST)
-    render.offers_table(rows[:10], DEMO_REQUEST, total=len(rows))
-    spot_rows = find_offers(
-        workspace, OfferRequest(cpus=DEMO_REQUEST.cpus, memory_gib=DEMO_REQUEST.memory_gib, spot=True)
-    )
-    checks["offers_found"] = bool(rows)
-    if rows:
-        cheapest_by_site: dict[str, float] = {}
-        for row in rows:
-            cheapest_by_site.setdefault(row.site, row.hourly)
-        best, worst = rows[0], max(cheapest_by_site.items(), key=lambda kv: kv[1])
-        out.print(
-            f"Cheapest for {DEMO_REQUEST.cpus:g} vCPU / {DEMO_REQUEST.memory_gib:g} GiB: "
-            f"[bold]{best.offer.instance_type}[/] "
-            f"at {best.site} for ${best.hourly:.4f}/h; the dearest site's cheapest fit ({worst[0]}) costs "
-            f"${worst[1]:.4f}/h, {worst[1] / best.hourly:.2f}x as much."
-        )
-        summary["steps"]["offers"] = {
-            "request": {"cpus": DEMO_REQUEST.cpus, "memory_gib": DEMO_REQUEST.memory_gib},
-            "matching": len(rows),
-            "cheapest": {
-                "site": best.site,
-                "instance_type": best.offer.instance_type,
-                "hourly_usd": best.hourly,
-            },
-            "cheapest_by_site": cheapest_by_site,
-        }
-    if spot_rows:
-        s = spot_rows[0]
-        out.print(
-            f"With spot capacity: {s.offer.instance_type} at {s.site} for ${s.hourly:.4f}/h (may be preempted)."
-        )
-        summary["steps"]["offers"]["cheapest_spot"] = {
-            "site": s.site,
-            "instance_type": s.offer.instance_type,
-            "hourly_usd": s.hourly,
-        }
-
-    data_summary, data_checks = data_step(workspace, engine, out)
-    summary["steps"]["data"] = data_summary
-    checks.update(data_checks)
-    plan_summary, plan_checks = plan_step(workspace, engine, out)
-    summary["steps"]["plan"] = plan_summary
-    checks.update(plan_checks)
-    run_summary, run_checks = run_step(workspace, engine, out)
-    summary["steps"]["run"] = run_summary
-    checks.update(run_checks)
-    models_summary, models_checks = models_step(workspace, engine, out, run_summary["run_id"])
-    summary["steps"]["models"] = models_summary
-    checks.update(models_checks)
-    serve_summary, serve_checks = serve_step(workspace, engine, out)
-    summary["steps"]["serving"] = serve_summary
-    checks.update(serve_checks)
-    monitor_summary, monitor_checks = monitor_step(workspace, engine, out)
-    summary["steps"]["monitoring"] = monitor_summary
-    checks.update(monitor_checks)
-
+    apply_plan(workspace, engine, plan_apply(workspace, engine))
+    context: dict[str, Any] = {"fast": fast}
+    for number, (key, title, step) in enumerate(STEPS, start=1):
+        out.print(Rule(f"{number}. {title}"))
+        at = time.perf_counter()
+        figures, held = step(workspace, engine, out, context)
+        context[key] = summary["steps"][key] = figures
+        summary["seconds_by_step"][key] = round(time.perf_counter() - at, 2)
+        checks.update(held)
+    if keep_running:
+        summary["kept_running"] = keep_serving(workspace, engine, out)
     summary["checks"] = checks
     summary["ok"] = all(checks.values())
     summary["seconds"] = round(time.perf_counter() - started, 2)
     path = summary_path or (workspace.state_dir / "demo-summary.json")
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    out.print(Rule("Next"))
+    out.print(Rule("Where to look next"))
     out.print(
-        f"Summary: {path}\nTry: archipel -w {workspace.root} sites ls | offers --cpus 4 --memory 16 --spot | "
-        "data ls | data show patients-eu | policy check --data patients-eu --site aws-us-east-1 | audit ls | "
-        "plan examples/pipeline.yaml | runs ls | runs show RUN | models show readmission | cost --by site | "
-        "monitor status | monitor report readmission --html drift.html | triggers ls"
+        f"Every figure above: {path}\nThe workspace: {workspace.root}; try archipel -w {workspace.root} {NEXT}\n"
+        "The docs: README.md and docs/ (concepts, spec and CLI reference, policies cookbook, serving, security)"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
-        render.console().print(f"[red]demo checks failed: {', '.join(failed)}[/]")
+        out.print(f"[red]demo checks failed: {', '.join(failed)}[/]")
+    out.print(
+        f"{'[green]All' if not failed else '[red]Not all'} {len(checks)} checks held[/] in {summary['seconds']:.0f} s."
+    )
     return not failed
+
+
+def keep_serving(workspace: Workspace, engine: Engine, out: Console) -> dict[str, Any]:
+    """The production model served again at the EU sites behind a gateway that outlives the demo; its token goes to
+    a file only the user can read (it is never printed)."""
+    from archipel.cli.demo_serve import SITES
+    from archipel.models.deployment import DeploymentSpec
+    from archipel.services.deployments import deploy
+    from archipel.services.tokens import create_token
+
+    view = deploy(
+        workspace, engine, DeploymentSpec(name="readmission", model="readmission@production", sites=SITES)
+    )
+    token = create_token(workspace, engine, scope="infer", name="demo-kept", origins=["EU"])[0]
+    token_file = workspace.state_dir / "demo-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(token + "\n", encoding="utf-8")
+    log_path = workspace.state_dir / "demo-gateway.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), "gateway", "--port", "0"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    port = _listening_port(log_path, gateway)
+    url = f"http://127.0.0.1:{port}"
+    out.print(
+        f"Kept running: readmission v{view.version} at {', '.join(r['site'] for r in view.replicas)} behind the "
+        f"gateway at [bold]{url}[/] (pid {gateway.pid}, log {log_path}); an infer token for origin EU is in "
+        f"{token_file}.\n"
+        f'  curl -H "Authorization: Bearer $(cat {token_file})" -H "X-Archipel-Origin: EU" '
+        f"{url}/v2/models/readmission\n"
+        f"Stop it with: kill {gateway.pid}; archipel -w {workspace.root} deployments down readmission"
+    )
+    return {"url": url, "gateway_pid": gateway.pid, "version": view.version, "token_file": str(token_file)}
+
+
+def _listening_port(log_path: Path, gateway: subprocess.Popen[bytes]) -> int:
+    """The port the gateway prints once it listens (``LISTENING PORT``)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        first = log_path.read_text(encoding="utf-8").split("\n", 1)
+        if len(first) > 1 and first[0].startswith("LISTENING"):
+            return int(first[0].split()[1])
+        if gateway.poll() is not None:
+            raise RuntimeError(f"the gateway exited ({gateway.returncode}): {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    os.kill(gateway.pid, 15)
+    raise RuntimeError("the gateway did not listen within 30 s")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.rule import Rule
 from sqlalchemy import Engine
 
 from archipel.cli import render_data
@@ -22,7 +21,6 @@ EU_PATIENTS, US_PATIENTS, REFERENCE = 4000, 3000, 30000
 
 def data_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[str, Any], dict[str, bool]]:
     """Run the step; return its summary figures and its checks."""
-    out.print(Rule("3. Data has a home, and a jurisdiction"))
     inbox = workspace.state_dir / "demo-inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     eu = add_dataset(

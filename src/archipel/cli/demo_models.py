@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.rule import Rule
 from sqlalchemy import Engine
 
 from archipel.cli import render_models
@@ -24,9 +23,6 @@ GATE = ["accuracy >= 0.6", "auc >= 0.6", "accuracy >= production.accuracy - 0.01
 def models_step(
     workspace: Workspace, engine: Engine, out: Console, run_id: str
 ) -> tuple[dict[str, Any], dict[str, bool]]:
-    out.print(
-        Rule("6. The model: ONNX with lineage, a gate to production, copies only where its data allows")
-    )
     model = get_model(engine, "readmission")
     version = next(v for v in model.versions if v.lineage.get("run_id") == run_id)
     render_models.version(version)

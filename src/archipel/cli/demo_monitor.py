@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 import yaml
 from rich.console import Console
-from rich.rule import Rule
 from sqlalchemy import Engine
 
 from archipel.cli.demo_data import patient_rows
@@ -36,7 +35,6 @@ TRIGGER = {
 def monitor_step(
     workspace: Workspace, engine: Engine, out: Console
 ) -> tuple[dict[str, Any], dict[str, bool]]:
-    out.print(Rule("8. Drift where the data lives: found at one site, retrained, gated, rolled out"))
     workspace = _with_trigger(workspace)
     spec = DeploymentSpec.model_validate({
         "name": "readmission", "model": "readmission@production", "sites": [DRIFTED, STEADY], "sample_rate": 1.0,

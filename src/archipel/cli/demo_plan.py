@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.rule import Rule
 from sqlalchemy import Engine
 
 from archipel.cli import render_plan
@@ -42,7 +41,6 @@ DEMO_PIPELINE = PipelineSpec.model_validate(
 
 
 def plan_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[str, Any], dict[str, bool]]:
-    out.print(Rule("4. Where each step goes, and why"))
     result = make_plan(workspace, engine, DEMO_PIPELINE)
     render_plan.plan(result)
     refused = [

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.rule import Rule
+from rich.progress import MofNCompleteColumn, Progress
 from sqlalchemy import Engine
 
 from archipel.cli import render_runs
@@ -27,21 +27,19 @@ from archipel.workspace import Workspace
 
 __all__ = ["DEMO_RUN", "run_step"]
 
-STEPS, PAUSE, INTERVAL = 150, 0.02, 0.5
+STEPS, FAST_STEPS, PAUSE, INTERVAL = 150, 80, 0.02, 0.5
 SCRIPTS = ("prepare.py", "train.py")
-DEMO_RUN = PipelineSpec.model_validate(
-    {
-        **DEMO_PIPELINE.model_dump(mode="json"),
-        "steps": {
-            **DEMO_PIPELINE.model_dump(mode="json")["steps"],
-            "train": {
-                **DEMO_PIPELINE.model_dump(mode="json")["steps"]["train"],
-                "envs": {"TRAIN_STEPS": str(STEPS), "STEP_SECONDS": str(PAUSE)},
-                "checkpoint": f"{INTERVAL}s",
-            },
-        },
-    }
-)
+
+
+def _paced(steps: int) -> PipelineSpec:
+    """The planned pipeline with its training paced (``steps`` of ``PAUSE`` s) and checkpointed every ``INTERVAL``."""
+    pipeline = DEMO_PIPELINE.model_dump(mode="json")
+    train = {**pipeline["steps"]["train"], "envs": {"TRAIN_STEPS": str(steps), "STEP_SECONDS": str(PAUSE)},
+             "checkpoint": f"{INTERVAL}s"}  # fmt: skip
+    return PipelineSpec.model_validate({**pipeline, "steps": {**pipeline["steps"], "train": train}})
+
+
+DEMO_RUN = _paced(STEPS)
 
 
 def _examples() -> Path:
@@ -54,38 +52,51 @@ def _examples() -> Path:
     return folder
 
 
-def run_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[str, Any], dict[str, bool]]:
-    out.print(Rule("5. Train where the plan says; a worker dies and the run resumes from its checkpoint"))
+def run_step(
+    workspace: Workspace, engine: Engine, out: Console, *, fast: bool = False
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    steps = FAST_STEPS if fast else STEPS
+    spec = _paced(steps)
     jobs = workspace.root / "jobs"
     jobs.mkdir(exist_ok=True)
     for name in SCRIPTS:
         (jobs / name).write_text((_examples() / name).read_text())
-    run_id = submit_run(workspace, engine, make_plan(workspace, engine, DEMO_RUN), workdir=jobs)
+    run_id = submit_run(workspace, engine, make_plan(workspace, engine, spec), workdir=jobs)
     reconciler = Reconciler(workspace, engine)
     killed_at: int | None = None
     checkpoint_at: int | None = None
     seen: dict[str, str] = {}
+    progress = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=out)
+    trained = progress.add_task("train steps reported", total=steps)
     try:
-        while (state := reconciler.state_of(run_id)) not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            reconciler.tick()
-            view = get_run(engine, run_id)
-            for step in view.steps:
-                line = f"{step['state']} {step['message']}"
-                if seen.get(step["step"]) != line:
-                    seen[step["step"]] = line
-                    render_runs.step_change(step)
-            train = next(s for s in view.steps if s["step"] == "train")
-            attempt = next((a for a in reversed(view.attempts) if a["step"] == "train"), None)
-            logged = [m["at_step"] for m in view.metrics if m["key"] == "train_accuracy"]
-            if killed_at is None and attempt and train["checkpoint"] and logged and max(logged) >= STEPS // 2:
-                status = workspace.compute(attempt["site"]).status(attempt["job_id"])
-                if status.pid is not None and not status.state.terminal:
-                    os.killpg(status.pid, signal.SIGKILL)
-                    killed_at = max(logged)
-                    out.print(
-                        f"[red]Killed[/] the train worker (SIGKILL) after step {killed_at} was reported"
-                    )
-            time.sleep(POLL_S)
+        with progress:
+            while (state := reconciler.state_of(run_id)) not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                reconciler.tick()
+                view = get_run(engine, run_id)
+                for step in view.steps:
+                    line = f"{step['state']} {step['message']}"
+                    if seen.get(step["step"]) != line:
+                        seen[step["step"]] = line
+                        render_runs.step_change(step, out)
+                train = next(s for s in view.steps if s["step"] == "train")
+                attempt = next((a for a in reversed(view.attempts) if a["step"] == "train"), None)
+                logged = [m["at_step"] for m in view.metrics if m["key"] == "train_accuracy"]
+                progress.update(trained, completed=max(logged, default=-1) + 1)
+                if (
+                    killed_at is None
+                    and attempt
+                    and train["checkpoint"]
+                    and logged
+                    and max(logged) >= steps // 2
+                ):
+                    status = workspace.compute(attempt["site"]).status(attempt["job_id"])
+                    if status.pid is not None and not status.state.terminal:
+                        os.killpg(status.pid, signal.SIGKILL)
+                        killed_at = max(logged)
+                        out.print(
+                            f"[red]Killed[/] the train worker (SIGKILL) after step {killed_at} was reported"
+                        )
+                time.sleep(POLL_S)
     finally:
         reconciler.close()
     view = get_run(engine, run_id)

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
-from rich.rule import Rule
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
 from archipel.cli.demo_data import patient_rows
@@ -31,10 +31,13 @@ HEALTH_S = 0.2
 CLIENTS, SECONDS = 4, 3.0
 
 
-def serve_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict[str, Any], dict[str, bool]]:
+def serve_step(
+    workspace: Workspace, engine: Engine, out: Console, *, fast: bool = False
+) -> tuple[dict[str, Any], dict[str, bool]]:
     import httpx
 
-    out.print(Rule("7. Serving: one gateway over two EU sites, one of them killed mid-traffic"))
+    seconds = SECONDS / 2 if fast else SECONDS
+
     spec = DeploymentSpec(name="readmission", model="readmission@production", sites=SITES, sample_rate=0)
     view = deploy(
         workspace, engine, spec
@@ -66,18 +69,36 @@ def serve_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict
                     else:
                         failed[answer.status_code] += 1
 
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[answered]} answered, {task.fields[failed]} failed"),
+                            console=out)  # fmt: skip
+        traffic = progress.add_task("EU traffic through the gateway", total=seconds, answered=0, failed=0)
+        started = time.monotonic()
+
+        def show(until: float) -> None:
+            while (now := time.monotonic()) < until:
+                progress.update(traffic, completed=now - started, answered=sum(served.values()),
+                                failed=sum(failed.values()))  # fmt: skip
+                time.sleep(0.1)
+
         threads = [threading.Thread(target=load) for _ in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        time.sleep(SECONDS / 3)
-        before = Counter(served)
-        killed_at = time.monotonic()
-        kill_site(workspace, engine, KILLED)
-        ejected_ms = _ejected_after(httpx, url, token, killed_at)
-        time.sleep(SECONDS * 2 / 3)
-        stop.set()
-        for thread in threads:
-            thread.join()
+        with progress:
+            for thread in threads:
+                thread.start()
+            show(started + seconds / 3)
+            before = Counter(served)
+            killed_at = time.monotonic()
+            kill_site(workspace, engine, KILLED)
+            out.print(
+                f"[red]Killed[/] {KILLED}: its compute marked unreachable, its replica's process killed"
+            )
+            ejected_ms = _ejected_after(httpx, url, token, killed_at)
+            show(time.monotonic() + seconds * 2 / 3)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            progress.update(traffic, total=time.monotonic() - started, completed=time.monotonic() - started,
+                            answered=sum(served.values()), failed=sum(failed.values()))  # fmt: skip
         after_kill = served[KILLED] - before[KILLED]
         us = httpx.post(f"{url}/v2/models/readmission/infer", json=body,
                         headers={"Authorization": f"Bearer {token}", "X-Archipel-Origin": "US"})  # fmt: skip
@@ -89,7 +110,7 @@ def serve_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dict
         check_sites(workspace, engine, [KILLED])  # back to healthy, as checked, not assumed
     total = sum(served.values()) + sum(failed.values())
     out.print(
-        f"{total} EU requests through the gateway in {SECONDS:g} s from {CLIENTS} clients: "
+        f"{total} EU requests through the gateway in {seconds:g} s from {CLIENTS} clients: "
         f"[bold]{sum(failed.values())} failed[/]; answered at {dict(served)}. {KILLED} was killed after "
         f"{sum(before.values())} answers; the gateway took it out of rotation {ejected_ms:.0f} ms later "
         f"({after_kill} more were answered there before its replica died; those in flight then went elsewhere)."

@@ -272,11 +272,29 @@ def demo(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Write the JSON summary of every figure here (default: in the workspace)."),
     ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option("--fast", help="Shorter training and traffic (the same steps and checks), for tests."),
+    ] = False,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            help="Leave the model served at the EU sites behind a gateway when the story ends (prints how to stop).",
+        ),
+    ] = False,
 ) -> None:
-    """Tell archipel's story on local sites standing in for clouds; prints only figures it computed."""
+    """Tell archipel's story on local sites standing in for clouds; prints only figures it computed.
+
+    Sites and prices, data under residency rules, a plan, training that survives a killed worker, the model
+    registered and gated, served behind a gateway while a site dies, drift found and the model retrained, then the
+    cost ledger and the audit log verified. Exit code 0 only if every step's check held.
+    """
     from archipel.cli.demo import run_demo
 
-    ok = run_demo(workspace or State.workspace_path, summary_path=summary)
+    ok = run_demo(
+        workspace or State.workspace_path, summary_path=summary, fast=fast, keep_running=keep_running
+    )
     if not ok:
         raise typer.Exit(code=1)
 

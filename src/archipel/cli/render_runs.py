@@ -10,6 +10,8 @@ from rich.table import Table
 from archipel.cli.render import console
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from archipel.services.runs import RunView
 
 __all__ = ["console", "log_lines", "show", "step_change", "table"]
@@ -80,8 +82,10 @@ def show(v: RunView) -> None:
         )
 
 
-def step_change(step: dict[str, Any]) -> None:
-    console().print(f"[bold]{escape(step['step'])}[/] {_state(step['state'])} {escape(step['message'])}")
+def step_change(step: dict[str, Any], out: Console | None = None) -> None:
+    (out or console()).print(
+        f"[bold]{escape(step['step'])}[/] {_state(step['state'])} {escape(step['message'])}"
+    )
 
 
 def log_lines(step: str, attempt: int, text: str) -> None:
