@@ -66,10 +66,17 @@ STEPS: list[tuple[str, str, Step]] = [
 """(summary key, title, step): the story in order; each step returns its figures and its checks."""
 
 NEXT = (
-    "sites ls | offers --cpus 4 --memory 16 --spot | data ls | data show patients-eu | "
-    "policy check --data patients-eu --site aws-us-east-1 | audit ls | audit verify | runs ls | runs show RUN | "
-    "models show readmission | deployments ls | cost --by provider | monitor status | triggers ls"
+    ("what is where", "sites ls", "data ls", "data show patients-eu", "models show readmission"),
+    (
+        "why",
+        "policy check --data patients-eu --site aws-us-east-1",
+        "audit ls --action policy.",
+        "audit verify",
+    ),
+    ("what ran", "runs ls", "runs show RUN", "monitor status", "triggers ls"),
+    ("what it costs", "offers --cpus 4 --memory 16 --spot", "cost --by provider", "cost --by run"),
 )
+"""Commands to try in the demo's workspace, by the question they answer."""
 
 
 def run_demo(
@@ -100,9 +107,11 @@ def run_demo(
     path = summary_path or (workspace.state_dir / "demo-summary.json")
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     out.print(Rule("Where to look next"))
+    out.print(f"Every figure above: {path}\nIn the workspace (archipel -w {workspace.root} COMMAND):")
+    for question, *commands in NEXT:
+        out.print(f"  {question + ':':<15}" + "  ·  ".join(commands))
     out.print(
-        f"Every figure above: {path}\nThe workspace: {workspace.root}; try archipel -w {workspace.root} {NEXT}\n"
-        "The docs: README.md and docs/ (concepts, spec and CLI reference, policies cookbook, serving, security)"
+        "The docs: README.md and docs/ (concepts, sites, policies, runs, models, serving, monitoring, security)"
     )
     failed = [name for name, ok in checks.items() if not ok]
     if failed:

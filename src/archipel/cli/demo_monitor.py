@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from archipel.cli.demo_data import patient_rows
 from archipel.cli.demo_models import GATE
-from archipel.cli.demo_run import DEMO_RUN
+from archipel.cli.demo_run import examples_folder
 from archipel.cli.monitor_cmds import show_reports
 from archipel.models.deployment import DeploymentSpec
 from archipel.services.deployments import deploy, down, get_deployment
@@ -93,15 +93,8 @@ def monitor_step(
 
 
 def _with_trigger(workspace: Workspace) -> Workspace:
-    """archipel.yaml gains the trigger, as a user would write it; the retraining pipeline is the demo's own."""
-    jobs = workspace.root / "jobs"
-    retrain = DEMO_RUN.model_copy(update={"name": "retrain-readmission"}).model_dump(
-        mode="json", exclude_defaults=True
-    )
-    for step in retrain["steps"].values():
-        step.pop("envs", None)  # the first run's pacing and worker kill are not part of retraining
-    retrain["steps"]["train"]["envs"] = {"TRAIN_STEPS": "100"}
-    (jobs / "retrain.yaml").write_text(yaml.safe_dump(retrain, sort_keys=False), encoding="utf-8")
+    """archipel.yaml gains the trigger, as a user would write it; the retraining pipeline is examples/retrain.yaml."""
+    (workspace.root / "jobs" / "retrain.yaml").write_text((examples_folder() / "retrain.yaml").read_text())
     text = workspace.file.read_text(encoding="utf-8")
     if "\ntriggers:" not in text:
         added = {"models": {"readmission": {"gates": {"production": GATE}}}, "triggers": TRIGGER}

@@ -25,7 +25,7 @@ from archipel.services.reconciler import POLL_S, Reconciler
 from archipel.services.runs import get_run, submit_run
 from archipel.workspace import Workspace
 
-__all__ = ["DEMO_RUN", "run_step"]
+__all__ = ["DEMO_RUN", "examples_folder", "run_step"]
 
 STEPS, FAST_STEPS, PAUSE, INTERVAL = 150, 80, 0.02, 0.5
 SCRIPTS = ("prepare.py", "train.py")
@@ -42,7 +42,7 @@ def _paced(steps: int) -> PipelineSpec:
 DEMO_RUN = _paced(STEPS)
 
 
-def _examples() -> Path:
+def examples_folder() -> Path:
     """The example scripts the demo runs (the repository's ``examples`` folder)."""
     folder = Path(__file__).resolve().parents[3] / "examples"
     if not all((folder / name).is_file() for name in SCRIPTS):
@@ -60,7 +60,7 @@ def run_step(
     jobs = workspace.root / "jobs"
     jobs.mkdir(exist_ok=True)
     for name in SCRIPTS:
-        (jobs / name).write_text((_examples() / name).read_text())
+        (jobs / name).write_text((examples_folder() / name).read_text())
     run_id = submit_run(workspace, engine, make_plan(workspace, engine, spec), workdir=jobs)
     reconciler = Reconciler(workspace, engine)
     killed_at: int | None = None
