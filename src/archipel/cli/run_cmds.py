@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -232,9 +232,61 @@ def server_command(
         bool,
         typer.Option("--exit-when-idle", help="Stop once no run is active (what `run --detach` starts)."),
     ] = False,
+    port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--port", help="Also serve the REST API (OpenAPI at /docs) on this port (0: any free one)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address for --port; beyond loopback only once a token exists.")
+    ] = "127.0.0.1",
 ) -> None:
     """The control process: reconciles runs (supervision, recovery), autoscales deployments and checks them for
-    drift and service levels (each deployment's monitoring.every_s) while it holds the database lease."""
+    drift and service levels (each deployment's monitoring.every_s) while it holds the database lease; with
+    --port, also the REST API every route of which needs a token (`archipel tokens create --scope read`)."""
+    import threading
+
+    ws = open_workspace()
+    engine = open_engine(ws)
+    if port is None:
+        _control_loop(ws, engine, threading.Event(), exit_when_idle)
+        return
+    import socket
+
+    import uvicorn
+
+    from archipel.api import create_app
+    from archipel.errors import SpecError
+    from archipel.services.tokens import list_tokens
+
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    if not loopback and not any(t.revoked_at is None for t in list_tokens(engine)):
+        raise SpecError(
+            f"--host {host}: refusing to serve beyond loopback before any token exists "
+            "(create one: archipel tokens create --scope admin)"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=_control_loop, args=(ws, engine, stop, False), daemon=True, name="reconciler"
+    )
+    loop.start()
+    print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(create_app(ws, engine), log_level="warning", access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+
+
+def _control_loop(ws: Any, engine: Any, stop: Any, exit_when_idle: bool) -> None:
+    """Reconcile, autoscale and start due monitoring checks while holding the lease, until ``stop`` is set."""
     import os
     import socket
     import threading
@@ -242,8 +294,6 @@ def server_command(
     from archipel.executor.lease import release, try_acquire
     from archipel.services.reconciler import POLL_S, Reconciler
 
-    ws = open_workspace()
-    engine = open_engine(ws)
     holder = f"server-{socket.gethostname()}-{os.getpid()}"
     reconciler = Reconciler(ws, engine)
     idle_since = last_scale = time.monotonic()
@@ -253,7 +303,7 @@ def server_command(
         None  # drift checks (and the loops they start) run beside the reconciler
     )
     try:
-        while True:
+        while not stop.is_set():
             leader = try_acquire(engine, LEASE, holder)
             active = reconciler.tick() if leader else 1
             if leader and time.monotonic() - last_scale >= AUTOSCALE_S:
@@ -269,7 +319,7 @@ def server_command(
                 idle_since = time.monotonic()
             elif exit_when_idle and time.monotonic() - idle_since > 2.0:
                 return
-            time.sleep(POLL_S)
+            stop.wait(POLL_S)
     except KeyboardInterrupt:
         return
     finally:

@@ -1,0 +1,376 @@
+"""The REST API: one FastAPI app over the services (``archipel.services``), no business logic of its own.
+
+Every route but ``/api/health`` needs a bearer token (``Authorization: Bearer arch_...``): 401 without a valid one
+(with ``WWW-Authenticate: Bearer``), 403 when its scope is below the route's. Reading needs ``read``; acting on runs,
+models and deployments ``deploy``; tokens ``admin``. Errors are JSON ``{"error": ..., "kind": ...}`` with the status
+of their kind: 400 a bad spec or argument, 404 a missing thing, 409 a conflict or a policy refusal (with its rule),
+503 a site or backend that failed. Tokens are read from the header only, never from the URL, and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from archipel import __version__
+from archipel.errors import (
+    ArchipelError,
+    BackendError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PolicyViolation,
+    SpecError,
+    Unauthorized,
+)
+from archipel.services.tokens import Token, verify_token
+from archipel.workspace import Workspace
+
+__all__ = ["SCOPE_KEY", "create_app"]
+
+log = logging.getLogger("archipel.api")
+
+Scope = Literal["read", "infer", "deploy", "admin"]
+SCOPE_KEY = "x-archipel-scope"
+"""Each guarded operation in the OpenAPI document names the scope it needs under this key."""
+
+STATUS: list[tuple[type[ArchipelError], int]] = [
+    (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (PolicyViolation, 409), (Conflict, 409),
+    (SpecError, 400), (BackendError, 503), (ArchipelError, 400),
+]  # fmt: skip
+"""The first class an error is an instance of gives its status."""
+
+JSONObject = dict[str, Any]
+TAGS = (
+    "sites",
+    "data",
+    "plans",
+    "runs",
+    "models",
+    "deployments",
+    "tokens",
+    "cost",
+    "audit",
+    "monitoring",
+    "health",
+)
+
+
+BEARER = HTTPBearer(auto_error=False, description="A token from `archipel tokens create`.")
+
+
+class Problem(BaseModel):
+    """An error: its message (a whole sentence), its kind, and for a policy refusal the rule."""
+
+    error: str
+    kind: str
+    rule: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": text}
+    for code, text in ((400, "Bad input"), (401, "No valid token"), (403, "The token's scope is too low"),
+                       (404, "Not found"), (409, "Refused by a policy, or a conflict"),
+                       (503, "A site or backend failed"))
+}  # fmt: skip
+
+
+class CheckSites(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sites: list[str] | None = Field(default=None, description="Sites to check (default: all).")
+
+
+class Promote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+    to: str = Field(default="production", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+
+
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Scope
+    name: str = Field(default="", max_length=200)
+    deployment: str | None = Field(default=None, max_length=200)
+    origins: list[str] = Field(default_factory=list, max_length=32)
+    ttl_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
+    """The API over ``workspace`` and its metadata store."""
+    app = FastAPI(
+        title="archipel",
+        version=__version__,
+        description=__doc__,
+        openapi_tags=[{"name": n} for n in TAGS],
+    )
+
+    def need(scope: str) -> Callable[..., Token]:
+        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Token:
+            token = verify_token(engine, credentials.credentials if credentials else None)
+            token.require(scope)
+            return token
+
+        return check
+
+    def route(method: str, path: str, scope: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        """Declare a route that needs ``scope`` (named in the OpenAPI document); its error responses documented."""
+
+        def wrap(func: Callable[..., Any]) -> Any:
+            return app.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=ERRORS,
+                                 openapi_extra={SCOPE_KEY: scope}, **kwargs)(func)  # fmt: skip
+
+        return wrap
+
+    @app.exception_handler(ArchipelError)
+    def archipel_error(request: Request, err: ArchipelError) -> JSONResponse:
+        status = next(code for cls, code in STATUS if isinstance(err, cls))
+        body = {"error": str(err), "kind": type(err).__name__}
+        if isinstance(err, PolicyViolation):
+            body["rule"] = err.rule
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, err)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> JSONObject:
+        """Public: the process answers, and its version."""
+        return {"status": "ok", "version": __version__}
+
+    # -- sites ---------------------------------------------------------------------------------------------------
+    @route("GET", "/api/v1/sites", "read", tags=["sites"])
+    def sites() -> list[JSONObject]:
+        """Every site with its provider, region, jurisdiction, storage, compute, capacity and last health."""
+        from archipel.services.sites import list_sites
+
+        return [v.as_json() for v in list_sites(workspace, engine)[0]]
+
+    @route("POST", "/api/v1/sites/check", "deploy", tags=["sites"])
+    def check(body: Annotated[CheckSites, Body()] = CheckSites()) -> list[JSONObject]:
+        """Check sites for real: a probe written, read and deleted in storage, a process run on compute."""
+        from archipel.services.sites import check_sites
+
+        return [r.as_json() for r in check_sites(workspace, engine, body.sites)]
+
+    @route("GET", "/api/v1/offers", "read", tags=["sites"])
+    def offers(
+        cpus: Annotated[float, Query(gt=0, le=4096)] = 1,
+        memory_gib: Annotated[float, Query(ge=0, le=65536)] = 0,
+        spot: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    ) -> list[JSONObject]:
+        """The cheapest offers across the sites' price catalogs that fit the request."""
+        from archipel.services.offers import OfferRequest, find_offers
+
+        rows = find_offers(workspace, OfferRequest(cpus=cpus, memory_gib=memory_gib, spot=spot))
+        return [r.as_json() for r in rows[:limit]]
+
+    # -- data and policies ---------------------------------------------------------------------------------------
+    @route("GET", "/api/v1/datasets", "read", tags=["data"])
+    def datasets() -> list[JSONObject]:
+        """Every dataset: classification, jurisdiction, home site, latest version and its replicas."""
+        from archipel.services.data import list_datasets
+
+        return [v.as_json() for v in list_datasets(engine)]
+
+    @route("GET", "/api/v1/datasets/{name}", "read", tags=["data"])
+    def dataset(name: str) -> JSONObject:
+        """One dataset with every version and where each is."""
+        from archipel.services.data import get_dataset
+
+        return get_dataset(engine, name).as_json()
+
+    @route("GET", "/api/v1/policy/check", "read", tags=["data"])
+    def policy_check(
+        data: Annotated[str, Query(min_length=1, max_length=300)],
+        site: Annotated[str, Query(min_length=1, max_length=200)],
+        action: Literal["store", "process", "replicate", "derive_export", "serve"] = "process",
+        origin: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> JSONObject:
+        """What the policies say about an action on a dataset at a site, and why (audited as a dry run)."""
+        from archipel.services.data import check_policy
+
+        return check_policy(workspace, engine, data, site, action, origin).as_json()
+
+    # -- plans and runs ------------------------------------------------------------------------------------------
+    @route("POST", "/api/v1/plans", "read", tags=["plans"])
+    def plan(
+        spec: Annotated[JSONObject, Body(description="A job or pipeline spec, as its YAML would parse.")],
+        objective: Literal["cost", "time"] = "cost",
+    ) -> JSONObject:
+        """A dry run of the planner: where each step would go, what it would cost, why every other site is out."""
+        from archipel.models.job import JobSpec, PipelineSpec
+        from archipel.services.plan import make_plan
+        from archipel.spec.validate import parse_model
+        from archipel.spec.yaml_loader import Positions
+
+        where = Positions("request body")
+        parsed = (parse_model(spec, where, PipelineSpec) if "steps" in spec
+                  else PipelineSpec.of_job(parse_model(spec, where, JobSpec)))  # fmt: skip
+        return make_plan(workspace, engine, parsed, objective=objective).as_json()
+
+    @route("GET", "/api/v1/runs", "read", tags=["runs"])
+    def runs(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[JSONObject]:
+        """The newest runs with their state, sites and cost."""
+        from archipel.services.runs import list_runs
+
+        return [v.as_json() for v in list_runs(engine, limit=limit)]
+
+    @route("GET", "/api/v1/runs/{run_id}", "read", tags=["runs"])
+    def run(run_id: str) -> JSONObject:
+        """One run: steps, attempts, checkpoints, metrics, outputs."""
+        from archipel.services.runs import get_run
+
+        return get_run(engine, run_id).as_json()
+
+    @route("GET", "/api/v1/runs/{run_id}/logs", "read", tags=["runs"], response_class=PlainTextResponse)
+    def run_logs(run_id: str, step: Annotated[str | None, Query(max_length=200)] = None) -> str:
+        """Every attempt's output so far, each line prefixed with its step and attempt."""
+        from archipel.services.runs import run_logs as logs
+
+        return "".join(f"{s}#{a} {line}\n" for s, a, text in logs(workspace, engine, run_id, step=step)
+                       for line in text.splitlines())  # fmt: skip
+
+    @route("POST", "/api/v1/runs/{run_id}/cancel", "deploy", tags=["runs"])
+    def cancel(run_id: str) -> JSONObject:
+        """Ask the reconciler to stop the run's jobs."""
+        from archipel.services.runs import cancel_run
+
+        return {"run_id": cancel_run(workspace, engine, run_id), "cancel_requested": True}
+
+    # -- models --------------------------------------------------------------------------------------------------
+    @route("GET", "/api/v1/models", "read", tags=["models"])
+    def models() -> list[JSONObject]:
+        """Every model with its versions' count, aliases and latest metrics."""
+        from archipel.services.models import list_models
+
+        return [v.as_json() for v in list_models(engine)]
+
+    @route("GET", "/api/v1/models/{name}", "read", tags=["models"])
+    def model(name: str) -> JSONObject:
+        """One model: every version with lineage, metrics, aliases and replicas."""
+        from archipel.services.models import get_model
+
+        return get_model(engine, name).as_json()
+
+    @route("POST", "/api/v1/models/{name}/promote", "deploy", tags=["models"])
+    def promote(name: str, body: Promote) -> JSONObject:
+        """Move an alias to a version if the alias's gate holds; 409 naming the failing clauses otherwise."""
+        from archipel.services.models import promote as do_promote
+
+        return do_promote(workspace, engine, name, body.version, to=body.to).as_json()
+
+    # -- deployments ---------------------------------------------------------------------------------------------
+    @route("GET", "/api/v1/deployments", "read", tags=["deployments"])
+    def deployments() -> list[JSONObject]:
+        """Every deployment with its replicas per site."""
+        from archipel.services.deployments import list_deployments
+
+        return [v.as_json() for v in list_deployments(engine)]
+
+    @route("GET", "/api/v1/deployments/{name}", "read", tags=["deployments"])
+    def deployment(name: str) -> JSONObject:
+        """One deployment: version, canary, replicas, their sites and hourly cost."""
+        from archipel.services.deployments import get_deployment
+
+        return get_deployment(engine, name).as_json()
+
+    @route("POST", "/api/v1/deployments/{name}/rollback", "deploy", tags=["deployments"])
+    def rollback(name: str) -> JSONObject:
+        """Back to the version served before the last update (no request fails)."""
+        from archipel.services.deployments import rollback_deployment
+
+        return rollback_deployment(workspace, engine, name).as_json()
+
+    @route("POST", "/api/v1/deployments/{name}/down", "deploy", tags=["deployments"])
+    def down(name: str) -> JSONObject:
+        """Stop every replica of the deployment."""
+        from archipel.services.deployments import down as do_down
+
+        return do_down(workspace, engine, name).as_json()
+
+    # -- tokens --------------------------------------------------------------------------------------------------
+    @route("GET", "/api/v1/tokens", "admin", tags=["tokens"])
+    def tokens() -> list[JSONObject]:
+        """Every token's id, name, scope, limits and dates (never a secret: only hashes are stored)."""
+        from archipel.services.tokens import list_tokens
+
+        return [t.as_json() for t in list_tokens(engine)]
+
+    @route("POST", "/api/v1/tokens", "admin", tags=["tokens"], status_code=201)
+    def new_token(body: NewToken) -> JSONObject:
+        """A new token; the answer holds the whole token, once."""
+        from archipel.services.tokens import create_token
+
+        ttl = timedelta(days=body.ttl_days) if body.ttl_days else None
+        whole, token = create_token(workspace, engine, scope=body.scope, name=body.name,
+                                    deployment=body.deployment, origins=body.origins, ttl=ttl)  # fmt: skip
+        return {**token.as_json(), "token": whole}
+
+    @route("DELETE", "/api/v1/tokens/{token_id}", "admin", tags=["tokens"])
+    def revoke(token_id: str) -> JSONObject:
+        """Revoke a token (gateways stop accepting it within their token cache time)."""
+        from archipel.services.tokens import revoke_token
+
+        return revoke_token(workspace, engine, token_id).as_json()
+
+    # -- cost, audit, monitoring ---------------------------------------------------------------------------------
+    @route("GET", "/api/v1/cost", "read", tags=["cost"])
+    def cost(
+        by: Literal["site", "provider", "tag", "run", "kind", "day"] = "site",
+        tag: Annotated[str | None, Query(max_length=100)] = None,
+        since_hours: Annotated[float | None, Query(gt=0, le=24 * 3650)] = None,
+    ) -> JSONObject:
+        """Spend grouped by site, provider, tag, run, kind or day, and every budget's status."""
+        from archipel.cost.report import report
+        from archipel.db import session_scope
+
+        since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
+        with session_scope(engine) as session:
+            return report(session, by=by, since=since, tag_key=tag, budgets=workspace.spec.budgets).as_json()
+
+    @route("GET", "/api/v1/audit", "read", tags=["audit"])
+    def audit(
+        action: Annotated[str | None, Query(max_length=100)] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 200,
+    ) -> list[JSONObject]:
+        """The newest audit entries, oldest first; ``action`` matches a prefix (``policy.``)."""
+        from archipel.policy.audit import AuditLog
+
+        return [
+            e.as_json() for e in AuditLog(engine, workspace.state_dir).entries(action=action, limit=limit)
+        ]
+
+    @route("GET", "/api/v1/audit/verify", "read", tags=["audit"])
+    def audit_verify() -> JSONObject:
+        """Walk the hash chain from the first entry and check the anchored head."""
+        from archipel.policy.audit import AuditLog
+
+        return AuditLog(engine, workspace.state_dir).verify().as_json()
+
+    @route("GET", "/api/v1/monitoring", "read", tags=["monitoring"])
+    def monitoring(deployment: Annotated[str | None, Query(max_length=200)] = None) -> list[JSONObject]:
+        """The latest drift report per deployment and site: per feature test, score, verdict; rows."""
+        from archipel.services.monitoring import monitor_status
+
+        return monitor_status(engine, deployment)
+
+    @route("GET", "/api/v1/alerts", "read", tags=["monitoring"])
+    def alerts(
+        deployment: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[JSONObject]:
+        """The newest alerts (drift, SLO breaches)."""
+        from archipel.services.monitoring import list_alerts
+
+        return list_alerts(engine, deployment, limit)
+
+    return app

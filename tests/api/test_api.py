@@ -1,0 +1,216 @@
+"""The REST API as a client sees it: `archipel server --port 0` as a process over a demo workspace with data,
+every route enumerated from the OpenAPI document (401 without a token, 403 one rung too low), the answers equal to
+the CLI's `--json`, bad input answered 4xx with the server still up, and no bind beyond loopback without tokens."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from archipel.services.tokens import SCOPES
+from tests.serving.conftest import stop
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    ws: Any
+    tokens: dict[str, str]  # scope -> token
+
+    def get(self, path: str, scope: str = "read", **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.tokens[scope]}"}, **kwargs)
+
+    def post(self, path: str, scope: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(
+            self.url + path, headers={"Authorization": f"Bearer {self.tokens[scope]}"}, **kwargs
+        )
+
+
+def _listening(proc: subprocess.Popen[str]) -> str:
+    """The API's URL once the process prints its port and answers its health route."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("LISTENING"), (
+        line,
+        proc.stderr.read() if proc.poll() is not None and proc.stderr else "",
+    )
+    url = f"http://127.0.0.1:{int(line.split()[1])}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                return url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("the API never answered")
+
+
+def _cli(ws: Any, *args: str) -> Any:
+    done = subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), *args, "--json"],
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from archipel.data.synthetic import write_patients_csv
+    from archipel.db import connect
+    from archipel.services.apply import apply_plan, plan_apply
+    from archipel.services.data import add_dataset
+    from archipel.services.init import init_workspace
+    from archipel.services.tokens import create_token
+
+    root = tmp_path_factory.mktemp("api")
+    ws = init_workspace(root / "ws", demo=True)
+    engine = connect(ws.db_url)
+    apply_plan(ws, engine, plan_apply(ws, engine))
+    add_dataset(ws, engine, "patients-eu", write_patients_csv(root / "p.csv", 300, seed=3, id_prefix="eu"),
+                site="onprem-frankfurt", classification="phi")  # fmt: skip
+    tokens = {scope: create_token(ws, engine, scope=scope, name=f"api-{scope}")[0] for scope in SCOPES}
+    engine.dispose()
+    proc = subprocess.Popen([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), "server", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield Server(_listening(proc), ws, tokens)
+        assert proc.poll() is None, "the server died during the tests"
+    finally:
+        stop(proc)
+
+
+def _routes(server: Server) -> dict[tuple[str, str], str | None]:
+    """(method, path) -> the scope the OpenAPI document says the route needs (None: public)."""
+    from archipel.api import SCOPE_KEY
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+    return {(method.upper(), path): op.get(SCOPE_KEY) for path, item in spec["paths"].items()
+            for method, op in item.items()}  # fmt: skip
+
+
+def _call(server: Server, method: str, path: str, token: str | None) -> httpx.Response:
+    path = path.replace("{name}", "patients-eu").replace("{run_id}", "r-1").replace("{token_id}", "nope")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = (
+        {"version": 1} if path.endswith("/promote") else {"scope": "read"} if path.endswith("/tokens") else {}
+    )
+    query = {"data": "patients-eu", "site": "aws-us-east-1"} if path.endswith("/policy/check") else {}
+    return httpx.request(method, server.url + path, headers=headers, json=body if method == "POST" else None,
+                         params=query, timeout=60)  # fmt: skip
+
+
+def test_every_route_needs_a_token_and_the_scope_it_documents(server: Server) -> None:
+    documented = _routes(server)
+    assert [route for route, scope in documented.items() if scope is None] == [("GET", "/api/health")]
+    routes = {route: scope for route, scope in documented.items() if scope is not None}
+    assert len(routes) >= 25 and set(routes.values()) == {"read", "deploy", "admin"}
+    for (method, path), needed in routes.items():
+        answer = _call(server, method, path, None)
+        assert answer.status_code == 401, (method, path, answer.text)
+        assert answer.headers["www-authenticate"] == "Bearer" and "token" in answer.json()["error"]
+        assert _call(server, method, path, "arch_000000000000_" + "x" * 43).status_code == 401
+        if needed != "read":  # one rung below what the route needs
+            lower = SCOPES[SCOPES.index(needed) - 1]
+            answer = _call(server, method, path, server.tokens[lower])
+            assert answer.status_code == 403, (method, path, lower, answer.text)
+            assert f"needs {needed}" in answer.json()["error"]
+    assert httpx.get(server.url + "/api/health").json()["status"] == "ok"  # public
+
+
+def test_reads_equal_the_clis_json(server: Server) -> None:
+    ws = server.ws
+    assert server.get("/api/v1/datasets").json() == _cli(ws, "data", "ls")
+    assert server.get("/api/v1/datasets/patients-eu").json() == _cli(ws, "data", "show", "patients-eu")
+    sites = server.get("/api/v1/sites").json()
+    assert [s["name"] for s in sites] == [s["name"] for s in _cli(ws, "sites", "ls")] and len(sites) == 3
+    assert server.get("/api/v1/cost", params={"by": "provider"}).json() == _cli(
+        ws, "cost", "--by", "provider"
+    )
+    offers = server.get("/api/v1/offers", params={"cpus": 4, "memory_gib": 16}).json()
+    assert offers == _cli(ws, "offers", "--cpus", "4", "--memory", "16")[: len(offers)] and offers
+    verified = server.get("/api/v1/audit/verify").json()
+    assert verified["ok"] is True and verified["entries"] > 0
+
+
+def test_policy_check_and_a_dry_run_plan_explain_their_refusals(server: Server) -> None:
+    decision = server.get(
+        "/api/v1/policy/check", params={"data": "patients-eu", "site": "aws-us-east-1"}
+    ).json()
+    assert decision["allowed"] is False and decision["rule"] == "default-personal-data-residency"
+    job = {"name": "t", "run": "python train.py", "inputs": ["patients-eu"], "resources": {"cpus": 2}}
+    plan = server.post("/api/v1/plans", "read", json=job)
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    chosen = {p["step"]: p["chosen"]["site"] for p in body["steps"]}
+    assert chosen["t"] in ("onprem-frankfurt", "gcp-europe-west4")
+    refused = [r for r in body["steps"][0]["rejections"] if r["site"] == "aws-us-east-1"]
+    assert refused and "default-personal-data-residency" in json.dumps(refused)
+    assert server.get("/api/v1/runs").json() == []  # a dry run launches nothing
+
+
+def test_tokens_are_created_listed_without_secrets_and_revoked(server: Server) -> None:
+    made = server.post(
+        "/api/v1/tokens", "admin", json={"scope": "read", "name": "from-api", "origins": ["eu"]}
+    )
+    assert (
+        made.status_code == 201
+        and made.json()["token"].startswith("arch_")
+        and made.json()["origins"] == ["EU"]
+    )
+    listed = server.get("/api/v1/tokens", "admin").json()
+    assert made.json()["id"] in [t["id"] for t in listed] and not any("token" in t for t in listed)
+    fresh = {"Authorization": f"Bearer {made.json()['token']}"}
+    assert httpx.get(server.url + "/api/v1/sites", headers=fresh).status_code == 200
+    revoked = httpx.delete(server.url + f"/api/v1/tokens/{made.json()['id']}",
+                           headers={"Authorization": f"Bearer {server.tokens['admin']}"})  # fmt: skip
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert httpx.get(server.url + "/api/v1/sites", headers=fresh).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/api/v1/datasets/nope", {}, 404),
+        ("GET", "/api/v1/runs/nope", {}, 404),
+        ("GET", "/api/v1/models/nope", {}, 404),
+        ("GET", "/api/v1/offers", {"params": {"cpus": -1}}, 422),
+        ("GET", "/api/v1/cost", {"params": {"by": "color"}}, 422),
+        ("GET", "/api/v1/policy/check", {"params": {"data": "patients-eu", "site": "mars"}}, 404),
+        (
+            "POST",
+            "/api/v1/plans",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+        ),
+        ("POST", "/api/v1/plans", {"json": {"name": "t", "run": "x", "resources": {"cpus": "many"}}}, 400),
+        ("POST", "/api/v1/plans", {"json": {"name": "t", "run": "x", "inputs": ["no-such-data"]}}, 404),
+        ("POST", "/api/v1/tokens", {"json": {"scope": "root"}}, 422),
+        ("POST", "/api/v1/models/nope/promote", {"json": {"version": 0}}, 422),
+        ("POST", "/api/v1/sites/check", {"json": {"sites": ["mars"]}}, 404),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up(
+    server: Server, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
+    headers = {"Authorization": f"Bearer {server.tokens['admin']}", **kwargs.pop("headers", {})}
+    answer = httpx.request(method, server.url + path, headers=headers, timeout=30, **kwargs)
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body.get("error") or body.get("detail")
+    assert httpx.get(server.url + "/api/health").status_code == 200
+
+
+def test_a_bind_beyond_loopback_is_refused_while_no_token_exists(tmp_path: Path) -> None:
+    from archipel.services.init import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", demo=True)
+    done = subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), "server", "--port", "0",
+                           "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "refusing to serve beyond loopback" in done.stderr + done.stdout
