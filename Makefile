@@ -11,9 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
 
-# the demo serves models behind a gateway: the core install takes the serve extra (uvloop, httptools, orjson, httpx)
+# the demo serves models behind a gateway (the serve extra: uvloop, httptools, orjson, httpx); `archipel server
+# --port` serves the REST API (the api extra: FastAPI, uvicorn)
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
-	$(UV) -e '.[serve,native]'
+	$(UV) -e '.[serve,native,api]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
