@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +34,7 @@ from archipel.errors import (
 from archipel.services.tokens import Token, verify_token
 from archipel.workspace import Workspace
 
-__all__ = ["SCOPE_KEY", "create_app"]
+__all__ = ["SCOPE_KEY", "context", "create_app", "guard", "need"]
 
 log = logging.getLogger("archipel.api")
 
@@ -103,31 +103,45 @@ class NewToken(BaseModel):
     ttl_days: float | None = Field(default=None, gt=0, le=3650)
 
 
+def need(scope: str) -> Callable[..., Token]:
+    """A dependency: the request's bearer token, verified against the store and at least ``scope``."""
+
+    def check(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+    ) -> Token:
+        token = verify_token(request.app.state.engine, credentials.credentials if credentials else None)
+        token.require(scope)
+        return token
+
+    return check
+
+
+def guard(
+    router: APIRouter | FastAPI, method: str, path: str, scope: str, **kwargs: Any
+) -> Callable[..., Any]:
+    """Declare a route on ``router`` that needs ``scope`` (named in the OpenAPI document under :data:`SCOPE_KEY`),
+    with its error responses documented."""
+
+    def wrap(func: Callable[..., Any]) -> Any:
+        return router.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=ERRORS,
+                                openapi_extra={SCOPE_KEY: scope}, **kwargs)(func)  # fmt: skip
+
+    return wrap
+
+
+def context(request: Request) -> tuple[Workspace, Engine]:
+    """The workspace and metadata store the app serves (for routes declared outside :func:`create_app`)."""
+    return request.app.state.workspace, request.app.state.engine
+
+
 def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
-    """The API over ``workspace`` and its metadata store."""
-    app = FastAPI(
-        title="archipel",
-        version=__version__,
-        description=__doc__,
-        openapi_tags=[{"name": n} for n in TAGS],
-    )
-
-    def need(scope: str) -> Callable[..., Token]:
-        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Token:
-            token = verify_token(engine, credentials.credentials if credentials else None)
-            token.require(scope)
-            return token
-
-        return check
+    """The API over ``workspace`` and its metadata store, with the dashboard (``archipel.api.dashboard``)."""
+    app = FastAPI(title="archipel", version=__version__, description=__doc__,
+                  openapi_tags=[{"name": n} for n in TAGS])  # fmt: skip
+    app.state.workspace, app.state.engine = workspace, engine
 
     def route(method: str, path: str, scope: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
-        """Declare a route that needs ``scope`` (named in the OpenAPI document); its error responses documented."""
-
-        def wrap(func: Callable[..., Any]) -> Any:
-            return app.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=ERRORS,
-                                 openapi_extra={SCOPE_KEY: scope}, **kwargs)(func)  # fmt: skip
-
-        return wrap
+        return guard(app, method, path, scope, **kwargs)
 
     @app.exception_handler(ArchipelError)
     def archipel_error(request: Request, err: ArchipelError) -> JSONResponse:
