@@ -3,8 +3,9 @@
 Every route but ``/api/health`` needs a bearer token (``Authorization: Bearer arch_...``): 401 without a valid one
 (with ``WWW-Authenticate: Bearer``), 403 when its scope is below the route's. Reading needs ``read``; acting on runs,
 models and deployments ``deploy``; tokens ``admin``. Errors are JSON ``{"error": ..., "kind": ...}`` with the status
-of their kind: 400 a bad spec or argument, 404 a missing thing, 409 a conflict or a policy refusal (with its rule),
-503 a site or backend that failed. Tokens are read from the header only, never from the URL, and never logged.
+of their kind: 400 a bad spec or argument, 404 a missing thing, 409 a conflict, a policy refusal (with its rule) or
+no site that can take the work, 503 a site or backend that failed. Tokens are read from the header only, never from
+the URL, and never logged.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archipel import __version__
 from archipel.errors import (
@@ -26,11 +28,13 @@ from archipel.errors import (
     BackendError,
     Conflict,
     Forbidden,
+    NoCapacity,
     NotFound,
     PolicyViolation,
     SpecError,
     Unauthorized,
 )
+from archipel.models.job import JobSpec, PipelineSpec
 from archipel.services.tokens import Token, verify_token
 from archipel.workspace import Workspace
 
@@ -44,11 +48,23 @@ SCOPE_KEY = "x-archipel-scope"
 
 STATUS: list[tuple[type[ArchipelError], int]] = [
     (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (PolicyViolation, 409), (Conflict, 409),
+    (NoCapacity, 409),
     (SpecError, 400), (BackendError, 503), (ArchipelError, 400),
 ]  # fmt: skip
 """The first class an error is an instance of gives its status."""
 
 JSONObject = dict[str, Any]
+NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+"""Sites, datasets, models and deployments are named like this (``archipel.models.common``)."""
+Name = Annotated[str, Path(pattern=NAME, description="A name: lowercase letters, digits and '-'.")]
+RunId = Annotated[
+    str, Path(pattern=r"^[a-z0-9][a-z0-9-]{0,100}$", description="A run id (`archipel runs ls`).")
+]
+TokenId = Annotated[str, Path(pattern=r"^[a-z0-9]{12}$", description="A token id (`archipel tokens ls`).")]
+DataRef = Annotated[str, Query(pattern=r"^[a-z0-9][a-z0-9-]{0,62}(@v[1-9][0-9]{0,8})?$",
+                               description="A dataset: NAME or NAME@vN.")]  # fmt: skip
+SiteName = Annotated[str, Query(pattern=NAME, description="A site's name.")]
+Since = Annotated[float | None, Query(gt=0, le=24 * 3650, description="Only the last this many hours.")]
 TAGS = (
     "sites",
     "data",
@@ -103,6 +119,24 @@ class NewToken(BaseModel):
     ttl_days: float | None = Field(default=None, gt=0, le=3650)
 
 
+def _same_path(route: Any, path: str) -> bool:
+    """Whether ``route``'s path pattern matches ``path``."""
+    regex = getattr(route, "path_regex", None)
+    return bool(regex and regex.match(path))
+
+
+def _close_pattern_properties(node: Any) -> None:
+    """pydantic says which keys a dict takes with ``patternProperties`` and rejects the others: say so."""
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_pattern_properties(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_pattern_properties(value)
+
+
 def need(scope: str) -> Callable[..., Token]:
     """A dependency: the request's bearer token, verified against the store and at least ``scope``."""
 
@@ -139,6 +173,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     app = FastAPI(title="archipel", version=__version__, description=__doc__,
                   openapi_tags=[{"name": n} for n in TAGS])  # fmt: skip
     app.state.workspace, app.state.engine = workspace, engine
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _close_pattern_properties(plain_openapi())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def route(method: str, path: str, scope: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         return guard(app, method, path, scope, **kwargs)
@@ -153,6 +195,18 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
             log.warning("%s %s: %s", request.method, request.url.path, err)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (a body that is not JSON, a method the path does not take) in the same shape; a
+        405 lists every method the path takes (each method is its own route, so Starlette names only one)."""
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            routes = [r for r in app.routes if _same_path(r, request.url.path)]
+            methods = {m for r in routes for m in getattr(r, "methods", ())}
+            headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
+        return JSONResponse({"error": str(err.detail), "kind": "HTTPError"}, status_code=err.status_code,
+                            headers=headers or None)  # fmt: skip
 
     @app.get("/api/health", tags=["health"])
     def health() -> JSONObject:
@@ -196,7 +250,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return [v.as_json() for v in list_datasets(engine)]
 
     @route("GET", "/api/v1/datasets/{name}", "read", tags=["data"])
-    def dataset(name: str) -> JSONObject:
+    def dataset(name: Name) -> JSONObject:
         """One dataset with every version and where each is."""
         from archipel.services.data import get_dataset
 
@@ -204,10 +258,10 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     @route("GET", "/api/v1/policy/check", "read", tags=["data"])
     def policy_check(
-        data: Annotated[str, Query(min_length=1, max_length=300)],
-        site: Annotated[str, Query(min_length=1, max_length=200)],
+        data: DataRef,
+        site: SiteName,
         action: Literal["store", "process", "replicate", "derive_export", "serve"] = "process",
-        origin: Annotated[str | None, Query(max_length=64)] = None,
+        origin: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,3})?$")] = None,
     ) -> JSONObject:
         """What the policies say about an action on a dataset at a site, and why (audited as a dry run)."""
         from archipel.services.data import check_policy
@@ -217,19 +271,20 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     # -- plans and runs ------------------------------------------------------------------------------------------
     @route("POST", "/api/v1/plans", "read", tags=["plans"])
     def plan(
-        spec: Annotated[JSONObject, Body(description="A job or pipeline spec, as its YAML would parse.")],
+        spec: Annotated[
+            PipelineSpec | JobSpec,
+            Body(
+                description="A pipeline (with steps) or job spec, as its YAML "
+                "would parse (see `archipel schema`)."
+            ),
+        ],
         objective: Literal["cost", "time"] = "cost",
     ) -> JSONObject:
         """A dry run of the planner: where each step would go, what it would cost, why every other site is out."""
-        from archipel.models.job import JobSpec, PipelineSpec
         from archipel.services.plan import make_plan
-        from archipel.spec.validate import parse_model
-        from archipel.spec.yaml_loader import Positions
 
-        where = Positions("request body")
-        parsed = (parse_model(spec, where, PipelineSpec) if "steps" in spec
-                  else PipelineSpec.of_job(parse_model(spec, where, JobSpec)))  # fmt: skip
-        return make_plan(workspace, engine, parsed, objective=objective).as_json()
+        pipeline = spec if isinstance(spec, PipelineSpec) else PipelineSpec.of_job(spec)
+        return make_plan(workspace, engine, pipeline, objective=objective).as_json()
 
     @route("GET", "/api/v1/runs", "read", tags=["runs"])
     def runs(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[JSONObject]:
@@ -239,22 +294,23 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return [v.as_json() for v in list_runs(engine, limit=limit)]
 
     @route("GET", "/api/v1/runs/{run_id}", "read", tags=["runs"])
-    def run(run_id: str) -> JSONObject:
+    def run(run_id: RunId) -> JSONObject:
         """One run: steps, attempts, checkpoints, metrics, outputs."""
         from archipel.services.runs import get_run
 
         return get_run(engine, run_id).as_json()
 
-    @route("GET", "/api/v1/runs/{run_id}/logs", "read", tags=["runs"], response_class=PlainTextResponse)
-    def run_logs(run_id: str, step: Annotated[str | None, Query(max_length=200)] = None) -> str:
-        """Every attempt's output so far, each line prefixed with its step and attempt."""
+    @route("GET", "/api/v1/runs/{run_id}/logs", "read", tags=["runs"])
+    def run_logs(run_id: RunId, step: Annotated[str | None, Query(pattern=NAME)] = None) -> JSONObject:
+        """Every attempt's output so far: ``lines`` prefixed with their step and attempt (``train#2 ...``)."""
         from archipel.services.runs import run_logs as logs
 
-        return "".join(f"{s}#{a} {line}\n" for s, a, text in logs(workspace, engine, run_id, step=step)
-                       for line in text.splitlines())  # fmt: skip
+        lines = [f"{s}#{a} {line}" for s, a, text in logs(workspace, engine, run_id, step=step)
+                 for line in text.splitlines()]  # fmt: skip
+        return {"run_id": run_id, "lines": lines}
 
     @route("POST", "/api/v1/runs/{run_id}/cancel", "deploy", tags=["runs"])
-    def cancel(run_id: str) -> JSONObject:
+    def cancel(run_id: RunId) -> JSONObject:
         """Ask the reconciler to stop the run's jobs."""
         from archipel.services.runs import cancel_run
 
@@ -269,14 +325,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return [v.as_json() for v in list_models(engine)]
 
     @route("GET", "/api/v1/models/{name}", "read", tags=["models"])
-    def model(name: str) -> JSONObject:
+    def model(name: Name) -> JSONObject:
         """One model: every version with lineage, metrics, aliases and replicas."""
         from archipel.services.models import get_model
 
         return get_model(engine, name).as_json()
 
     @route("POST", "/api/v1/models/{name}/promote", "deploy", tags=["models"])
-    def promote(name: str, body: Promote) -> JSONObject:
+    def promote(name: Name, body: Promote) -> JSONObject:
         """Move an alias to a version if the alias's gate holds; 409 naming the failing clauses otherwise."""
         from archipel.services.models import promote as do_promote
 
@@ -291,21 +347,21 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return [v.as_json() for v in list_deployments(engine)]
 
     @route("GET", "/api/v1/deployments/{name}", "read", tags=["deployments"])
-    def deployment(name: str) -> JSONObject:
+    def deployment(name: Name) -> JSONObject:
         """One deployment: version, canary, replicas, their sites and hourly cost."""
         from archipel.services.deployments import get_deployment
 
         return get_deployment(engine, name).as_json()
 
     @route("POST", "/api/v1/deployments/{name}/rollback", "deploy", tags=["deployments"])
-    def rollback(name: str) -> JSONObject:
+    def rollback(name: Name) -> JSONObject:
         """Back to the version served before the last update (no request fails)."""
         from archipel.services.deployments import rollback_deployment
 
         return rollback_deployment(workspace, engine, name).as_json()
 
     @route("POST", "/api/v1/deployments/{name}/down", "deploy", tags=["deployments"])
-    def down(name: str) -> JSONObject:
+    def down(name: Name) -> JSONObject:
         """Stop every replica of the deployment."""
         from archipel.services.deployments import down as do_down
 
@@ -330,26 +386,34 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return {**token.as_json(), "token": whole}
 
     @route("DELETE", "/api/v1/tokens/{token_id}", "admin", tags=["tokens"])
-    def revoke(token_id: str) -> JSONObject:
+    def revoke(token_id: TokenId) -> JSONObject:
         """Revoke a token (gateways stop accepting it within their token cache time)."""
         from archipel.services.tokens import revoke_token
 
         return revoke_token(workspace, engine, token_id).as_json()
 
     # -- cost, audit, monitoring ---------------------------------------------------------------------------------
-    @route("GET", "/api/v1/cost", "read", tags=["cost"])
-    def cost(
-        by: Literal["site", "provider", "tag", "run", "kind", "day"] = "site",
-        tag: Annotated[str | None, Query(max_length=100)] = None,
-        since_hours: Annotated[float | None, Query(gt=0, le=24 * 3650)] = None,
-    ) -> JSONObject:
-        """Spend grouped by site, provider, tag, run, kind or day, and every budget's status."""
+    def spend(by: str, since_hours: float | None, tag: str | None = None) -> JSONObject:
         from archipel.cost.report import report
         from archipel.db import session_scope
 
         since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
         with session_scope(engine) as session:
             return report(session, by=by, since=since, tag_key=tag, budgets=workspace.spec.budgets).as_json()
+
+    @route("GET", "/api/v1/cost", "read", tags=["cost"])
+    def cost(
+        by: Literal["site", "provider", "run", "kind", "day"] = "site", since_hours: Since = None
+    ) -> JSONObject:
+        """Spend grouped by site, provider, run, kind or day, and every budget's status."""
+        return spend(by, since_hours)
+
+    @route("GET", "/api/v1/cost/tags/{key}", "read", tags=["cost"])
+    def cost_by_tag(
+        key: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], since_hours: Since = None
+    ) -> JSONObject:
+        """Spend grouped by the values of one tag (entries without it: ``(untagged)``), and budgets."""
+        return spend("tag", since_hours, key)
 
     @route("GET", "/api/v1/audit", "read", tags=["audit"])
     def audit(
@@ -387,4 +451,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
         return list_alerts(engine, deployment, limit)
 
+    from archipel.api.dashboard import mount
+
+    mount(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 
 from archipel.models.units import parse_duration, parse_size
 
@@ -48,7 +48,9 @@ def _to_seconds(value: Any) -> Any:
     return parse_duration(value) if isinstance(value, str | int | float) else value
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[
+    str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": _NAME.pattern})
+]
 """A resource name: lowercase letters, digits and '-' (like a DNS label)."""
 
 Bytes = Annotated[int, BeforeValidator(_to_bytes)]

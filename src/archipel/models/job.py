@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from archipel.models.common import GiB, Name, Seconds, StrictModel
 from archipel.models.policy import Classification
@@ -36,8 +36,10 @@ _MODEL_VERSION = re.compile(r"^models:/(?P<name>[a-z0-9][a-z0-9-]{0,62})/(?P<ver
 _STEP_OUTPUT = re.compile(
     r"^steps\.(?P<step>[a-z0-9][a-z0-9-]{0,62})\.outputs\.(?P<name>[a-z0-9][a-z0-9_-]{0,62})$"
 )
-_ACCEL = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(:(?P<count>[1-9][0-9]*))?$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EnvName = Annotated[str, WithJsonSchema({"type": "string", "pattern": _ENV.pattern})]
+"""An environment variable's name (checked by ``_JobFields._env_names``; the pattern is for JSON schema readers)."""
+_ACCEL = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(:(?P<count>[1-9][0-9]*))?$")
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,8 @@ class _JobFields(StrictModel):
     workdir: str = "."
     setup: str | None = None
     """A requirements file (installed once per site and cached) or a setup command."""
-    envs: dict[str, str] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict)
+    envs: dict[EnvName, str] = Field(default_factory=dict)
+    secrets: dict[EnvName, str] = Field(default_factory=dict)
     """Variables the job gets, each taken from the named environment variable of whoever launches it; never
     stored: {HF_TOKEN: MY_HF_TOKEN}."""
     inputs: dict[str, str] = Field(default_factory=dict)
