@@ -307,12 +307,30 @@ def version() -> None:
     typer.echo(f"archipel {__version__}")
 
 
+def _remote_invocation(argv: list[str]) -> Any:
+    """What to run against ARCHIPEL_URL, or None; a command line click cannot parse runs here, to say why."""
+    from archipel.cli.remote import invocation
+
+    try:
+        return invocation(argv)
+    except Exception:  # a usage error: the local parser says it properly
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app and maps archipel's errors to one-paragraph messages and exit codes."""
     from archipel.errors import ArchipelError, exit_code_for
 
     try:
-        app(args=argv, prog_name="archipel")
+        from archipel.cli.remote import remote_url
+
+        found = remote_url() and _remote_invocation(sys.argv[1:] if argv is None else argv)
+        if found:
+            from archipel.cli.remote import run_remote
+
+            run_remote(*found)
+        else:
+            app(args=argv, prog_name="archipel")
     except ArchipelError as err:
         from archipel.cli import render
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from archipel.services.offers import OfferRequest, SiteOffer
     from archipel.services.sites import SiteCheck, SiteView
 
-__all__ = ["apply_plan", "checks_table", "console", "error", "offers_table", "sites_table"]
+__all__ = ["apply_plan", "checks_table", "console", "error", "offers_table", "records", "sites_table"]
 
 _HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unreachable": "red", "unknown": "dim"}
 
@@ -157,3 +157,58 @@ def apply_plan(plan: ApplyPlan) -> None:
 
 def is_interactive() -> bool:
     return sys.stdin.isatty()
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    """A value as one table cell: scalars as they are, lists of scalars joined, anything deeper as short JSON."""
+    import json
+
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        text = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, default=str, separators=(",", ":"))
+    else:
+        text = str(value)
+    return escape(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def records(data: Any, *, title: str = "") -> None:
+    """Any JSON answer as tables (what the CLI shows for a remote control plane's answers): a list of objects is one
+    row each; an object is its scalar fields, then each list of objects under it as a table of its own."""
+    out = console()
+    if isinstance(data, list):
+        if not data:
+            out.print(f"[dim]No {title or 'records'}.[/]")
+            return
+        if not all(isinstance(row, dict) for row in data):
+            out.print("\n".join(_cell(v, 200) for v in data))
+            return
+        columns = list(dict.fromkeys(k for row in data for k in row))
+        if len(columns) > 8:  # wide: the nested fields go (--json shows them)
+            columns = [c for c in columns if not any(isinstance(row.get(c), dict | list) for row in data)]
+        table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in data:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        out.print(table)
+        return
+    if not isinstance(data, dict):
+        out.print(_cell(data, 500))
+        return
+    nested = {
+        k: v for k, v in data.items() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)
+    }
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        if key not in nested:
+            table.add_row(escape(str(key)), _cell(value, 100))
+    out.print(table)
+    for key, rows in nested.items():
+        records(rows, title=str(key))

@@ -1,0 +1,190 @@
+"""The CLI against a remote control plane: with ``ARCHIPEL_URL`` (and ``ARCHIPEL_TOKEN``) set, the commands below
+become calls to that ``archipel server``'s REST API instead of reading a local workspace.
+
+One table maps each command to its API call; the API runs the same services the local commands do, so there is no
+second copy of what they decide. ``--json`` prints the API's answer as it is (the same JSON the local command
+prints); without it the answer is shown as tables. Errors come back as the API's kind (``NotFound``,
+``PolicyViolation``...) and leave with the same exit codes as local ones. A command not in the table says it works on
+a local workspace only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from archipel.errors import (
+    ArchipelError,
+    BackendError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PolicyViolation,
+    SpecError,
+    Unauthorized,
+)
+
+__all__ = ["COMMANDS", "LOCAL", "call", "invocation", "remote_url", "run_remote"]
+
+Call = tuple[str, str, dict[str, Any] | None, Any]
+"""(method, path, query, JSON body)."""
+
+
+def _plan(p: dict[str, Any]) -> Call:
+    from archipel.services.plan import load_plan_spec
+
+    spec = load_plan_spec(p["spec"])  # the file's errors with file:line, before anything is sent
+    return (
+        "POST",
+        "/api/v1/plans",
+        {"objective": p["objective"]},
+        spec.model_dump(mode="json", exclude_defaults=True),
+    )
+
+
+def _cost(p: dict[str, Any]) -> Call:
+    if p["since"]:
+        raise SpecError("--since is not available against ARCHIPEL_URL yet")
+    by = getattr(p["by"], "value", p["by"])
+    if by == "tag":
+        return "GET", f"/api/v1/cost/tags/{p['tag']}", None, None
+    return "GET", "/api/v1/cost", {"by": by}, None
+
+
+def _promote(p: dict[str, Any]) -> Call:
+    return "POST", f"/api/v1/models/{p['name']}/promote", None, {"version": p["version"], "to": p["to"]}
+
+
+def _token(p: dict[str, Any]) -> Call:
+    body = {"scope": p["scope"], "name": p["name"] or "", "deployment": p["deployment"],
+            "origins": list(p["origin"] or []), "ttl_days": p["ttl_days"]}  # fmt: skip
+    return "POST", "/api/v1/tokens", None, body
+
+
+COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
+    ("sites", "ls"): lambda p: ("GET", "/api/v1/sites", None, None),
+    ("offers",): lambda p: ("GET", "/api/v1/offers",
+                            {"cpus": p["cpus"], "memory_gib": p["memory"], "spot": p["spot"], "limit": p["limit"]},
+                            None),
+    ("data", "ls"): lambda p: ("GET", "/api/v1/datasets", None, None),
+    ("data", "show"): lambda p: ("GET", f"/api/v1/datasets/{p['name']}", None, None),
+    ("policy", "check"): lambda p: ("GET", "/api/v1/policy/check",
+                                    {"data": p["data"], "site": p["site"], "action": p["action"],
+                                     **({"origin": p["origin"]} if p["origin"] else {})}, None),
+    ("plan",): _plan,
+    ("runs", "ls"): lambda p: ("GET", "/api/v1/runs", {"limit": p["limit"]}, None),
+    ("runs", "show"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}", None, None),
+    ("runs", "logs"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}/logs",
+                                 {"step": p["step"]} if p["step"] else None, None),
+    ("runs", "cancel"): lambda p: ("POST", f"/api/v1/runs/{p['run_id']}/cancel", None, None),
+    ("models", "ls"): lambda p: ("GET", "/api/v1/models", None, None),
+    ("models", "show"): lambda p: ("GET", f"/api/v1/models/{p['ref']}", None, None),
+    ("models", "promote"): _promote,
+    ("deployments", "ls"): lambda p: ("GET", "/api/v1/deployments", None, None),
+    ("deployments", "status"): lambda p: ("GET", f"/api/v1/deployments/{p['name']}", None, None),
+    ("deployments", "rollback"): lambda p: ("POST", f"/api/v1/deployments/{p['name']}/rollback", None, None),
+    ("deployments", "down"): lambda p: ("POST", f"/api/v1/deployments/{p['name']}/down", None, None),
+    ("tokens", "ls"): lambda p: ("GET", "/api/v1/tokens", None, None),
+    ("tokens", "create"): _token,
+    ("tokens", "revoke"): lambda p: ("DELETE", f"/api/v1/tokens/{p['token_id']}", None, None),
+    ("cost",): _cost,
+    ("audit", "ls"): lambda p: ("GET", "/api/v1/audit",
+                                {"limit": p["limit"], **({"action": p["action"]} if p["action"] else {})}, None),
+    ("audit", "verify"): lambda p: ("GET", "/api/v1/audit/verify", None, None),
+    ("monitor", "status"): lambda p: ("GET", "/api/v1/monitoring",
+                                      {"deployment": p["deployment"]} if p["deployment"] else None, None),
+    ("monitor", "alerts"): lambda p: ("GET", "/api/v1/alerts",
+                                      {"deployment": p["deployment"]} if p["deployment"] else None, None),
+}  # fmt: skip
+
+LOCAL: set[tuple[str, ...]] = {("init",), ("demo",), ("version",), ("schema",), ("server",), ("gateway",),
+                                ("serve-replica",)}  # fmt: skip
+"""Commands that run here whatever ARCHIPEL_URL says: they make or serve a workspace, or read none."""
+
+KINDS: dict[str, type[ArchipelError]] = {cls.__name__: cls for cls in (
+    Unauthorized, Forbidden, NotFound, PolicyViolation, Conflict, SpecError, BackendError)}  # fmt: skip
+
+
+def remote_url() -> str | None:
+    """The control plane's URL when the CLI is to use one (``ARCHIPEL_URL``), else None."""
+    return os.environ.get("ARCHIPEL_URL", "").rstrip("/") or None
+
+
+def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any = None) -> Any:
+    """One API call with ``ARCHIPEL_TOKEN``; the answer's JSON, or the API's error raised as its kind."""
+    import httpx
+
+    url, token = remote_url(), os.environ.get("ARCHIPEL_TOKEN", "")
+    if not token:
+        raise Unauthorized(
+            "ARCHIPEL_URL is set but ARCHIPEL_TOKEN is not: create one with `archipel tokens create`"
+        )
+    try:
+        answer = httpx.request(method, f"{url}{path}", params=query, json=body, timeout=120,
+                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    except httpx.TransportError as err:
+        raise BackendError(f"the control plane at {url} does not answer: {err}") from None
+    if answer.status_code < 400:
+        return answer.json()
+    try:
+        problem = answer.json()
+    except ValueError:
+        problem = {"error": answer.text[:500]}
+    if "detail" in problem and "error" not in problem:  # FastAPI's validation errors
+        details = problem["detail"] if isinstance(problem["detail"], list) else [{"msg": problem["detail"]}]
+        problem = {"error": "; ".join(str(d.get("msg")) for d in details), "kind": "SpecError"}
+    kind = KINDS.get(str(problem.get("kind")), ArchipelError)
+    message = f"{problem.get('error')} (from {url}, HTTP {answer.status_code})"
+    if kind is PolicyViolation:
+        raise PolicyViolation(message, rule=problem.get("rule"))
+    raise kind(message)
+
+
+def invocation(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+    """The command path and parsed parameters of ``argv`` when it is to run remotely; None to run it here (help,
+    ``--version``, or a command in :data:`LOCAL`)."""
+    import typer
+
+    from archipel.cli.main import app
+
+    if any(a in ("--help", "--version") for a in argv):
+        return None
+    group = typer.main.get_command(app)
+    ctx = group.make_context("archipel", list(argv))
+    command: Any = group
+    path: list[str] = []
+    while hasattr(command, "resolve_command"):  # a group (typer's own click, not the click package)
+        args = [*ctx._protected_args, *ctx.args]
+        if not args:
+            return None  # click shows the group's help
+        name, sub, rest = command.resolve_command(ctx, args)
+        if name is None or sub is None:
+            return None
+        path.append(name)
+        if tuple(path) in LOCAL:
+            return None
+        ctx = sub.make_context(name, rest, parent=ctx)
+        command = sub
+    return tuple(path), dict(ctx.params)
+
+
+def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
+    """Run the command at ``path`` with its parsed ``params`` against the control plane and print the answer."""
+    from archipel.cli import render
+    from archipel.cli.common import print_json
+
+    if path not in COMMANDS:
+        usable = ", ".join(" ".join(p) for p in COMMANDS)
+        raise SpecError(f"`archipel {' '.join(path)}` works on a local workspace only; with ARCHIPEL_URL set, these "
+                        f"run against the control plane: {usable}")  # fmt: skip
+    answer = call(*COMMANDS[path](params))
+    if params.get("as_json"):
+        print_json(answer)
+    elif path == ("tokens", "create"):
+        render.console().print(f"Token {answer['id']} ({answer['scope']}); shown once, store it now:")
+        print(answer["token"])
+    elif path == ("runs", "logs"):
+        print("\n".join(answer["lines"]))
+    else:
+        render.records(answer, title=path[0])
