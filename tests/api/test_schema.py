@@ -63,7 +63,7 @@ def test_schemathesis_finds_no_failure_with_every_check(api: tuple[str, str], tm
         [str(cli), "--config-file", str(CONFIG), "run", f"{url}/openapi.json",
          "-H", f"Authorization: Bearer {token}", "--max-examples", "25", "--workers", "1", "--seed", SEED,
          "--exclude-method", "DELETE", "--report", "ndjson", "--report-ndjson-path", str(events)],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True, text=True, timeout=240, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path,
     )  # fmt: skip
     totals = next((line.strip() for line in done.stdout.splitlines() if " generated, " in line), "")
     print(totals)
