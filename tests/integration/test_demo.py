@@ -80,9 +80,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         yield Demo(proc.stdout, json.loads(summary_file.read_text()), ws, engine)
         engine.dispose()
     finally:
-        if kept.get("gateway_pid"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(kept["gateway_pid"], signal.SIGTERM)
+        for pid in (kept.get("gateway_pid"), kept.get("server_pid")):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "deployments", "down",
                         "readmission"], capture_output=True, env=env, timeout=60)  # fmt: skip
 
@@ -308,3 +309,9 @@ def test_keep_running_leaves_the_model_served_behind_a_gateway(demo: Demo) -> No
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-archipel-site"] in ("onprem-frankfurt", "gcp-europe-west4")
     assert httpx.post(f"{kept['url']}/v2/models/readmission/infer", json=body, timeout=10).status_code == 401
+    # the control plane's API (and dashboard) too, read with the same token
+    runs = httpx.get(
+        f"{kept['dashboard_url']}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert runs.status_code == 200 and {r["id"] for r in runs.json()} >= {demo.step("run")["run_id"]}
+    assert httpx.get(f"{kept['dashboard_url']}/api/v1/runs", timeout=10).status_code == 401

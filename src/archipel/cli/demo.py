@@ -123,8 +123,8 @@ def run_demo(
 
 
 def keep_serving(workspace: Workspace, engine: Engine, out: Console) -> dict[str, Any]:
-    """The production model served again at the EU sites behind a gateway that outlives the demo; its token goes to
-    a file only the user can read (it is never printed)."""
+    """The production model served again at the EU sites behind a gateway, and the control plane's API and dashboard,
+    both outliving the demo; their token goes to a file only the user can read (it is never printed)."""
     from archipel.cli.demo_serve import SITES
     from archipel.models.deployment import DeploymentSpec
     from archipel.services.deployments import deploy
@@ -137,34 +137,44 @@ def keep_serving(workspace: Workspace, engine: Engine, out: Console) -> dict[str
     token_file = workspace.state_dir / "demo-token"
     token_file.touch(mode=0o600)
     token_file.write_text(token + "\n", encoding="utf-8")
-    log_path = workspace.state_dir / "demo-gateway.log"
-    with log_path.open("w", encoding="utf-8") as log:
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), "gateway", "--port", "0"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    port = _listening_port(log_path, gateway)
-    url = f"http://127.0.0.1:{port}"
+    gateway, url = _detached(workspace, "gateway", "--port", "0")
+    server, dashboard = _detached(workspace, "server", "--port", "0")
     out.print(
         f"Kept running: readmission v{view.version} at {', '.join(r['site'] for r in view.replicas)} behind the "
-        f"gateway at [bold]{url}[/] (pid {gateway.pid}, log {log_path}); an infer token for origin EU is in "
-        f"{token_file}.\n"
+        f"gateway at [bold]{url}[/] (pid {gateway.pid}); the control plane's API and dashboard at "
+        f"[bold]{dashboard}[/] (pid {server.pid}). The token (scope infer, origin EU; it reads the dashboard too) "
+        f"is in {token_file}, never printed:\n"
         f'  curl -H "Authorization: Bearer $(cat {token_file})" -H "X-Archipel-Origin: EU" '
         f"{url}/v2/models/readmission\n"
-        f"Stop it with: kill {gateway.pid}; archipel -w {workspace.root} deployments down readmission"
+        f"Stop them with: kill {gateway.pid} {server.pid}; archipel -w {workspace.root} deployments down readmission"
     )
-    return {"url": url, "gateway_pid": gateway.pid, "version": view.version, "token_file": str(token_file)}
+    return {"url": url, "gateway_pid": gateway.pid, "dashboard_url": dashboard, "server_pid": server.pid,
+            "version": view.version, "token_file": str(token_file)}  # fmt: skip
+
+
+def _detached(workspace: Workspace, *command: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``archipel COMMAND`` in its own session, outliving the demo, its output in ``.archipel/demo-COMMAND.log``;
+    with the URL it listens at."""
+    log_path = workspace.state_dir / f"demo-{command[0]}.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "archipel.cli", "--workspace", str(workspace.root), *command],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    return proc, f"http://127.0.0.1:{_listening_port(log_path, proc)}"
 
 
 def _listening_port(log_path: Path, gateway: subprocess.Popen[bytes]) -> int:
-    """The port the gateway prints once it listens (``LISTENING PORT``)."""
+    """The port a gateway or server prints once it listens (``LISTENING PORT``)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         first = log_path.read_text(encoding="utf-8").split("\n", 1)
         if len(first) > 1 and first[0].startswith("LISTENING"):
             return int(first[0].split()[1])
         if gateway.poll() is not None:
-            raise RuntimeError(f"the gateway exited ({gateway.returncode}): {log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{log_path.name}: exited ({gateway.returncode}): {log_path.read_text()[-2000:]}"
+            )
         time.sleep(0.05)
     os.kill(gateway.pid, 15)
-    raise RuntimeError("the gateway did not listen within 30 s")
+    raise RuntimeError(f"{log_path.name}: not listening after 30 s")

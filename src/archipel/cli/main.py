@@ -280,7 +280,8 @@ def demo(
         bool,
         typer.Option(
             "--keep-running",
-            help="Leave the model served at the EU sites behind a gateway when the story ends (prints how to stop).",
+            help="Leave the model served behind a gateway, and the API and dashboard up, when the story ends "
+            "(prints where, and how to stop them).",
         ),
     ] = False,
 ) -> None:
