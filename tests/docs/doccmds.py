@@ -21,6 +21,7 @@ free ports, so the examples can say 8080 and the test never collides with anothe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -180,6 +181,25 @@ class DocRun:
     blocks: list[Block]
 
 
+def _stop_leftovers(workdir: Path) -> None:
+    """Stop what the session left running (replicas and jobs run under detached supervisors, so a page that fails
+    half-way would leave them): every process whose command line or working folder is inside ``workdir``."""
+    import signal
+
+    root = str(workdir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if root in cmdline or cwd == root or cwd.startswith(root + "/"):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def run_doc(
     path: Path, workdir: Path, *, timeout_s: float = 600, env: dict[str, str] | None = None
 ) -> DocRun:
@@ -207,6 +227,7 @@ def run_doc(
         text=True,
         timeout=timeout_s,
     )
+    _stop_leftovers(workdir)
     failed = re.findall(r"docs-test: failed at script line (\d+)", proc.stdout)
     failed_at = where.get(int(failed[-1]), f"script line {failed[-1]}") if failed else None
     return DocRun(path, proc.returncode, proc.stdout, failed_at, found)
