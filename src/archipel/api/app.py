@@ -23,6 +23,28 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archipel import __version__
+from archipel.api.schemas import (
+    AlertOut,
+    AuditEntryOut,
+    AuditVerifyOut,
+    CancelOut,
+    CostReportOut,
+    DatasetOut,
+    DecisionOut,
+    DeploymentOut,
+    DriftReportOut,
+    HealthOut,
+    ModelOut,
+    NewTokenOut,
+    OfferOut,
+    PlanOut,
+    PromotionOut,
+    RunLogsOut,
+    RunOut,
+    SiteCheckOut,
+    SiteOut,
+    TokenOut,
+)
 from archipel.errors import (
     ArchipelError,
     BackendError,
@@ -209,20 +231,20 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
                             headers=headers or None)  # fmt: skip
 
     @app.get("/api/health", tags=["health"])
-    def health() -> JSONObject:
+    def health() -> HealthOut:
         """Public: the process answers, and its version."""
         return {"status": "ok", "version": __version__}
 
     # -- sites ---------------------------------------------------------------------------------------------------
     @route("GET", "/api/v1/sites", "read", tags=["sites"])
-    def sites() -> list[JSONObject]:
+    def sites() -> list[SiteOut]:
         """Every site with its provider, region, jurisdiction, storage, compute, capacity and last health."""
         from archipel.services.sites import list_sites
 
         return [v.as_json() for v in list_sites(workspace, engine)[0]]
 
     @route("POST", "/api/v1/sites/check", "deploy", tags=["sites"])
-    def check(body: Annotated[CheckSites, Body()] = CheckSites()) -> list[JSONObject]:
+    def check(body: Annotated[CheckSites, Body()] = CheckSites()) -> list[SiteCheckOut]:
         """Check sites for real: a probe written, read and deleted in storage, a process run on compute."""
         from archipel.services.sites import check_sites
 
@@ -234,7 +256,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         memory_gib: Annotated[float, Query(ge=0, le=65536)] = 0,
         spot: bool = False,
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-    ) -> list[JSONObject]:
+    ) -> list[OfferOut]:
         """The cheapest offers across the sites' price catalogs that fit the request."""
         from archipel.services.offers import OfferRequest, find_offers
 
@@ -243,14 +265,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     # -- data and policies ---------------------------------------------------------------------------------------
     @route("GET", "/api/v1/datasets", "read", tags=["data"])
-    def datasets() -> list[JSONObject]:
+    def datasets() -> list[DatasetOut]:
         """Every dataset: classification, jurisdiction, home site, latest version and its replicas."""
         from archipel.services.data import list_datasets
 
         return [v.as_json() for v in list_datasets(engine)]
 
     @route("GET", "/api/v1/datasets/{name}", "read", tags=["data"])
-    def dataset(name: Name) -> JSONObject:
+    def dataset(name: Name) -> DatasetOut:
         """One dataset with every version and where each is."""
         from archipel.services.data import get_dataset
 
@@ -262,7 +284,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         site: SiteName,
         action: Literal["store", "process", "replicate", "derive_export", "serve"] = "process",
         origin: Annotated[str | None, Query(pattern=r"^[A-Za-z]{2}(-[A-Za-z0-9]{1,3})?$")] = None,
-    ) -> JSONObject:
+    ) -> DecisionOut:
         """What the policies say about an action on a dataset at a site, and why (audited as a dry run)."""
         from archipel.services.data import check_policy
 
@@ -279,7 +301,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
             ),
         ],
         objective: Literal["cost", "time"] = "cost",
-    ) -> JSONObject:
+    ) -> PlanOut:
         """A dry run of the planner: where each step would go, what it would cost, why every other site is out."""
         from archipel.services.plan import make_plan
 
@@ -287,21 +309,21 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return make_plan(workspace, engine, pipeline, objective=objective).as_json()
 
     @route("GET", "/api/v1/runs", "read", tags=["runs"])
-    def runs(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[JSONObject]:
+    def runs(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[RunOut]:
         """The newest runs with their state, sites and cost."""
         from archipel.services.runs import list_runs
 
         return [v.as_json() for v in list_runs(engine, limit=limit)]
 
     @route("GET", "/api/v1/runs/{run_id}", "read", tags=["runs"])
-    def run(run_id: RunId) -> JSONObject:
+    def run(run_id: RunId) -> RunOut:
         """One run: steps, attempts, checkpoints, metrics, outputs."""
         from archipel.services.runs import get_run
 
         return get_run(engine, run_id).as_json()
 
     @route("GET", "/api/v1/runs/{run_id}/logs", "read", tags=["runs"])
-    def run_logs(run_id: RunId, step: Annotated[str | None, Query(pattern=NAME)] = None) -> JSONObject:
+    def run_logs(run_id: RunId, step: Annotated[str | None, Query(pattern=NAME)] = None) -> RunLogsOut:
         """Every attempt's output so far: ``lines`` prefixed with their step and attempt (``train#2 ...``)."""
         from archipel.services.runs import run_logs as logs
 
@@ -310,7 +332,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return {"run_id": run_id, "lines": lines}
 
     @route("POST", "/api/v1/runs/{run_id}/cancel", "deploy", tags=["runs"])
-    def cancel(run_id: RunId) -> JSONObject:
+    def cancel(run_id: RunId) -> CancelOut:
         """Ask the reconciler to stop the run's jobs."""
         from archipel.services.runs import cancel_run
 
@@ -318,21 +340,21 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     # -- models --------------------------------------------------------------------------------------------------
     @route("GET", "/api/v1/models", "read", tags=["models"])
-    def models() -> list[JSONObject]:
+    def models() -> list[ModelOut]:
         """Every model with its versions' count, aliases and latest metrics."""
         from archipel.services.models import list_models
 
         return [v.as_json() for v in list_models(engine)]
 
     @route("GET", "/api/v1/models/{name}", "read", tags=["models"])
-    def model(name: Name) -> JSONObject:
+    def model(name: Name) -> ModelOut:
         """One model: every version with lineage, metrics, aliases and replicas."""
         from archipel.services.models import get_model
 
         return get_model(engine, name).as_json()
 
     @route("POST", "/api/v1/models/{name}/promote", "deploy", tags=["models"])
-    def promote(name: Name, body: Promote) -> JSONObject:
+    def promote(name: Name, body: Promote) -> PromotionOut:
         """Move an alias to a version if the alias's gate holds; 409 naming the failing clauses otherwise."""
         from archipel.services.models import promote as do_promote
 
@@ -340,28 +362,28 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     # -- deployments ---------------------------------------------------------------------------------------------
     @route("GET", "/api/v1/deployments", "read", tags=["deployments"])
-    def deployments() -> list[JSONObject]:
+    def deployments() -> list[DeploymentOut]:
         """Every deployment with its replicas per site."""
         from archipel.services.deployments import list_deployments
 
         return [v.as_json() for v in list_deployments(engine)]
 
     @route("GET", "/api/v1/deployments/{name}", "read", tags=["deployments"])
-    def deployment(name: Name) -> JSONObject:
+    def deployment(name: Name) -> DeploymentOut:
         """One deployment: version, canary, replicas, their sites and hourly cost."""
         from archipel.services.deployments import get_deployment
 
         return get_deployment(engine, name).as_json()
 
     @route("POST", "/api/v1/deployments/{name}/rollback", "deploy", tags=["deployments"])
-    def rollback(name: Name) -> JSONObject:
+    def rollback(name: Name) -> DeploymentOut:
         """Back to the version served before the last update (no request fails)."""
         from archipel.services.deployments import rollback_deployment
 
         return rollback_deployment(workspace, engine, name).as_json()
 
     @route("POST", "/api/v1/deployments/{name}/down", "deploy", tags=["deployments"])
-    def down(name: Name) -> JSONObject:
+    def down(name: Name) -> DeploymentOut:
         """Stop every replica of the deployment."""
         from archipel.services.deployments import down as do_down
 
@@ -369,14 +391,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     # -- tokens --------------------------------------------------------------------------------------------------
     @route("GET", "/api/v1/tokens", "admin", tags=["tokens"])
-    def tokens() -> list[JSONObject]:
+    def tokens() -> list[TokenOut]:
         """Every token's id, name, scope, limits and dates (never a secret: only hashes are stored)."""
         from archipel.services.tokens import list_tokens
 
         return [t.as_json() for t in list_tokens(engine)]
 
     @route("POST", "/api/v1/tokens", "admin", tags=["tokens"], status_code=201)
-    def new_token(body: NewToken) -> JSONObject:
+    def new_token(body: NewToken) -> NewTokenOut:
         """A new token; the answer holds the whole token, once."""
         from archipel.services.tokens import create_token
 
@@ -386,7 +408,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return {**token.as_json(), "token": whole}
 
     @route("DELETE", "/api/v1/tokens/{token_id}", "admin", tags=["tokens"])
-    def revoke(token_id: TokenId) -> JSONObject:
+    def revoke(token_id: TokenId) -> TokenOut:
         """Revoke a token (gateways stop accepting it within their token cache time)."""
         from archipel.services.tokens import revoke_token
 
@@ -404,14 +426,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     @route("GET", "/api/v1/cost", "read", tags=["cost"])
     def cost(
         by: Literal["site", "provider", "run", "kind", "day"] = "site", since_hours: Since = None
-    ) -> JSONObject:
+    ) -> CostReportOut:
         """Spend grouped by site, provider, run, kind or day, and every budget's status."""
         return spend(by, since_hours)
 
     @route("GET", "/api/v1/cost/tags/{key}", "read", tags=["cost"])
     def cost_by_tag(
         key: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], since_hours: Since = None
-    ) -> JSONObject:
+    ) -> CostReportOut:
         """Spend grouped by the values of one tag (entries without it: ``(untagged)``), and budgets."""
         return spend("tag", since_hours, key)
 
@@ -419,7 +441,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     def audit(
         action: Annotated[str | None, Query(max_length=100)] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 200,
-    ) -> list[JSONObject]:
+    ) -> list[AuditEntryOut]:
         """The newest audit entries, oldest first; ``action`` matches a prefix (``policy.``)."""
         from archipel.policy.audit import AuditLog
 
@@ -428,14 +450,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         ]
 
     @route("GET", "/api/v1/audit/verify", "read", tags=["audit"])
-    def audit_verify() -> JSONObject:
+    def audit_verify() -> AuditVerifyOut:
         """Walk the hash chain from the first entry and check the anchored head."""
         from archipel.policy.audit import AuditLog
 
         return AuditLog(engine, workspace.state_dir).verify().as_json()
 
     @route("GET", "/api/v1/monitoring", "read", tags=["monitoring"])
-    def monitoring(deployment: Annotated[str | None, Query(max_length=200)] = None) -> list[JSONObject]:
+    def monitoring(deployment: Annotated[str | None, Query(max_length=200)] = None) -> list[DriftReportOut]:
         """The latest drift report per deployment and site: per feature test, score, verdict; rows."""
         from archipel.services.monitoring import monitor_status
 
@@ -445,7 +467,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     def alerts(
         deployment: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    ) -> list[JSONObject]:
+    ) -> list[AlertOut]:
         """The newest alerts (drift, SLO breaches)."""
         from archipel.services.monitoring import list_alerts
 
