@@ -218,6 +218,14 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(body, status_code=status, headers=headers)
 
+    @app.exception_handler(Exception)
+    def internal_error(request: Request, err: Exception) -> JSONResponse:
+        """A bug (or an answer that does not match its documented schema): logged with its traceback, answered in
+        the API's shape without its details."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return JSONResponse({"error": "internal error (logged by the server)", "kind": "InternalError"},
+                            status_code=500)  # fmt: skip
+
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         """Starlette's own errors (a body that is not JSON, a method the path does not take) in the same shape; a
