@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -q
 # PYTHONDONTWRITEBYTECODE is set on these machines: without precompiled bytecode every import is ~2.5x slower.
 
-.PHONY: demo test lint format bench clean install dev
+.PHONY: demo test lint format bench docs clean install dev
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,13 @@ dev: $(VENV)/.installed-dev $(NATIVE)
 demo: $(VENV)/.installed-core $(NATIVE)
 	$(BIN)/archipel demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev $(VENV)/.installed-torch $(NATIVE)
+# The dashboard's tests (tests/api/test_dashboard.py) drive Debian's Chromium with pip's playwright, which never
+# downloads a browser of its own; installed when missing (without root, the tests skip, or fail under CI=true).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || [ "$${CI:-}" != true ]
+
+test: $(VENV)/.installed-dev $(VENV)/.installed-torch $(NATIVE) $(CHROMIUM)
 	ARCHIPEL_TEST_PG_URL="$$(bash scripts/ensure-postgres.sh)" || { [ "$${CI:-}" != true ] || exit 1; }; \
 	export ARCHIPEL_TEST_PG_URL; \
 	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
@@ -63,6 +69,11 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/monitoring.py --setup  # Evidently in its own venv (.venv-bench), never archipel's
+
+# The pages under docs/ derived from the code: the CLI and spec references (docs/reference/) and the benchmarks
+# page, from the figures the benchmarks' full runs leave in benchmarks/results/. A test fails while one is stale.
+docs: $(VENV)/.installed-core
+	$(BIN)/python scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

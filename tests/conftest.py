@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.ray_head"]  # the session's one Ray head (ray_head fixture), shared by every test dir
+pytest_plugins = ["tests.ray_head", "tests.demo_run"]  # the session's one Ray head and one demo run, shared
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +15,12 @@ from archipel.db import connect, session_scope
 from archipel.db.orm import SiteRow
 from archipel.services.offers import find_offers
 from archipel.workspace import load_workspace
-
-# `make demo` installs archipel with the serve extra only: the demo process runs here with pandas unimportable
-WITHOUT_PANDAS = """
-import sys
-class NoPandas:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "pandas":
-            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
-sys.meta_path.insert(0, NoPandas())
-from archipel.cli.main import main
-main(sys.argv[1:])
-"""
+from tests.demo_run import DemoRun
 
 
 @dataclass(frozen=True)
 class Demo:
-    """One ``archipel demo --fast --keep-running`` for the module: its output, summary and workspace."""
+    """The session's ``archipel demo --fast --keep-running`` (tests/demo_run.py): output, summary and workspace."""
 
     stdout: str
     summary: dict[str, Any]
@@ -49,43 +32,11 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    ws_dir = tmp_path_factory.mktemp("demo") / "ws"
-    env = {**os.environ, "COLUMNS": "160", "NO_COLOR": "1"}
-    for var in ("ARCHIPEL_WORKSPACE", "ARCHIPEL_DB_URL"):
-        env.pop(var, None)
-    env["ARCHIPEL_HOME"] = str(tmp_path_factory.mktemp("home"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            WITHOUT_PANDAS,
-            "demo",
-            "--fast",
-            "--keep-running",
-            "--workspace",
-            str(ws_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
-    summary_file = ws_dir / ".archipel" / "demo-summary.json"
-    kept = json.loads(summary_file.read_text()).get("kept_running", {}) if summary_file.exists() else {}
-    try:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        ws = load_workspace(ws_dir)
-        engine = connect(ws.db_url)
-        yield Demo(proc.stdout, json.loads(summary_file.read_text()), ws, engine)
-        engine.dispose()
-    finally:
-        for pid in (kept.get("gateway_pid"), kept.get("server_pid")):
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "deployments", "down",
-                        "readmission"], capture_output=True, env=env, timeout=60)  # fmt: skip
+def demo(demo_run: DemoRun) -> Iterator[Demo]:
+    ws = load_workspace(demo_run.root)
+    engine = connect(ws.db_url)
+    yield Demo(demo_run.stdout, demo_run.summary, ws, engine)
+    engine.dispose()
 
 
 def test_every_step_is_shown_with_its_figure_and_every_check_held(demo: Demo) -> None:

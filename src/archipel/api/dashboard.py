@@ -14,7 +14,7 @@ Routes added here, each behind a ``read`` token like the API's:
 - ``GET /api/v1/deployments/{name}/failover``: the gateways' ejections, unhealthy marks and re-admissions, per site,
   from the audit log's ``gateway.*`` entries.
 - ``GET /api/v1/cost/timeline``: spend per time bucket (day, hour, minute or second) split by site, provider or kind.
-- ``GET /api/v1/cost/tags``: the tag keys the ledger's entries carry (what ``/api/v1/cost?by=tag`` can group on).
+- ``GET /api/v1/cost/tags``: the tag keys the ledger's entries carry, so the page can offer to group spend by each.
 - ``GET /api/v1/models/{name}/gates``: each alias's gate clauses from ``archipel.yaml``, evaluated for every version.
 """
 

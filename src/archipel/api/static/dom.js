@@ -20,6 +20,8 @@ function setAttrs(node, attrs) {
       node.addEventListener(key.slice(2).toLowerCase(), value);
     } else if (key === "testid") {
       node.setAttribute("data-testid", value);
+    } else if (key === "style") {
+      node.style.cssText = value; // through CSSOM: the Content-Security-Policy refuses style attributes
     } else if (key === "dataset") {
       Object.assign(node.dataset, value);
     } else if (value === true) {
@@ -52,6 +54,12 @@ export function s(tag, attrs, ...children) {
 
 export function clear(node) {
   while (node.firstChild) node.removeChild(node.firstChild);
+  return node;
+}
+
+/** Replace `node`'s children with `children` (null, undefined and false are skipped, unlike Element.append). */
+export function fill(node, ...children) {
+  append(clear(node), children);
   return node;
 }
 
