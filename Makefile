@@ -69,6 +69,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/monitoring.py --setup  # Evidently in its own venv (.venv-bench), never archipel's
+	$(BIN)/python scripts/gen_docs.py  # docs/benchmarks.md from the results just written
 
 # The pages under docs/ derived from the code: the CLI and spec references (docs/reference/) and the benchmarks
 # page, from the figures the benchmarks' full runs leave in benchmarks/results/. A test fails while one is stale.

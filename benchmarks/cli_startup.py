@@ -3,7 +3,7 @@
 Target (foundation issue): under 0.3 s more than the bare interpreter. Prints medians, the difference
 and the ratio; `--quick` (CI smoke mode) runs a few rounds only. Exit code 1 if the target is missed.
 
-    python benchmarks/cli_startup.py [--rounds 15] [--quick] [--json]
+    python benchmarks/cli_startup.py [--rounds 15] [--quick] [--json] [--out PATH]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from results import add_out_option, save
 
 TARGET_EXTRA_S = 0.3
 
@@ -48,8 +50,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="CI smoke mode: 3 rounds")
     parser.add_argument("--json", action="store_true")
+    add_out_option(parser, "cli_startup")
     args = parser.parse_args()
     result = measure(3 if args.quick else args.rounds)
+    save("cli_startup", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:

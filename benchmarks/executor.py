@@ -25,7 +25,7 @@ Method and baseline run in alternation, the order flipped every round, after one
 row is the median. ``x bare`` is the method's median time over the bare operation's median from the same run.
 
     python benchmarks/executor.py [--launches 20] [--repeat 5] [--size-mb 100] [--ray-address URL] [--quick]
-                                  [--json]
+                                  [--json] [--out PATH]
 
 ``--quick`` (CI smoke mode): 3 launches, one 8 MB checkpoint round. Sizes are 10^6 bytes. Exit code 1 if a job
 did not succeed or a load did not return what was saved.
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results import add_out_option, save
 
 from archipel.backends.compute.base import ComputeBackend, JobState, LaunchRequest, Resources, WithForget
 from archipel.backends.compute.local import LocalCompute
@@ -205,6 +206,7 @@ def main() -> int:
     parser.add_argument("--ray-address", help="Ray Jobs API, http://HOST:PORT, to also launch through Ray")
     parser.add_argument("--quick", action="store_true", help="CI smoke mode: few launches, one 8 MB round")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    add_out_option(parser, "executor")
     args = parser.parse_args()
     launches = max(1, args.launches or (3 if args.quick else 20))
     rounds = max(1, args.repeat or (1 if args.quick else 5))
@@ -237,6 +239,7 @@ def main() -> int:
         "jobs_succeeded": jobs_ok,
         "loads_verified": loads_ok,
     }
+    save("executor", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:

@@ -21,7 +21,7 @@ Each is timed ``--repeat`` times (best and median reported); the ratio is Eviden
 Per feature: both tools' test, score and verdict, and whether the verdicts agree. Target: archipel >= 10x faster.
 A design check holds archipel to the ground truth: every clearly drifted feature flagged, no undrifted one.
 
-    python benchmarks/monitoring.py [--rows 1000000] [--repeat 3] [--quick] [--json] [--setup]
+    python benchmarks/monitoring.py [--rows 1000000] [--repeat 3] [--quick] [--json] [--setup] [--out PATH]
 
 ``--quick`` (CI smoke mode): 50,000 current rows, one repetition, and Evidently only if its venv exists (else
 archipel alone, said so). The full run needs the venv: ``--setup`` creates it (uv venv + uv pip install), else
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from results import add_out_option, save
 
 from archipel.monitoring.drift import current_profile, detect, reference_profile
 
@@ -291,6 +292,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.add_argument("--setup", action="store_true", help=f"create {BENCH_VENV.name} with Evidently first")
     parser.add_argument("--bench-venv", type=Path, default=BENCH_VENV, help="the venv with Evidently")
+    add_out_option(parser, "monitoring")
     args = parser.parse_args()
     args.rows = args.rows or (50_000 if args.quick else 1_000_000)
     args.repeat = max(1, args.repeat or (1 if args.quick else 3))
@@ -306,6 +308,7 @@ def main() -> int:
     result = {"quick": args.quick, "rows": args.rows, "reference_rows": REFERENCE_ROWS, "features": len(FEATURES),
               "repeat": args.repeat, "seed": args.seed, "cpus": os.cpu_count(), "load_before": round(load, 2),
               "load_after": round(os.getloadavg()[0], 2), **measured}  # fmt: skip
+    save("monitoring", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:

@@ -32,7 +32,7 @@ The planner's model charges an input's egress to every step that reads it at a s
 the same dataset at the same site; the ``x once`` columns re-evaluate every plan (archipel's included, not
 re-optimised) paying each dataset once per destination, to show how much the ratios lean on that.
 
-    python benchmarks/planner.py [--quick] [--json] [--seed 7] [--runs 5] [--scenarios 20]
+    python benchmarks/planner.py [--quick] [--json] [--seed 7] [--runs 5] [--scenarios 20] [--out PATH]
 
 ``--quick`` (CI smoke mode): 10 steps over 8 sites, 3 scenarios. Exit code 1 if an evaluation cross-check
 fails or (full size) the 1 s target is missed.
@@ -50,6 +50,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from results import add_out_option, save
 
 from archipel.planner import Edge, InputMove, Option, Plan, Problem, StepProblem, plan
 from archipel.planner.problem import GB
@@ -619,6 +621,7 @@ def main() -> int:
         "--runs", type=int, help="timed runs per solver for the headline (default 5, quick 3)"
     )
     parser.add_argument("--scenarios", type=int, help="generated scenarios (default 20, quick 3)")
+    add_out_option(parser, "planner")
     args = parser.parse_args()
     catalog = PriceCatalog.load()
     if args.quick:
@@ -644,6 +647,7 @@ def main() -> int:
         },
         "crosscheck_ok": head["crosscheck_ok"] and all(r["crosscheck_ok"] for r in rows),
     }
+    save("planner", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:

@@ -30,7 +30,7 @@ launcher's wrapper around the model function) and the rest (HTTP, JSON, batching
    (nginx: its worker). Targets: the gateway adds <= 1 ms at p50 with 0 errors and costs less CPU per request
    than nginx.
 
-    python benchmarks/serving.py [--duration 5] [--rounds 5] [--quick] [--json]
+    python benchmarks/serving.py [--duration 5] [--rounds 5] [--quick] [--json] [--out PATH]
 
 ``--quick``: 1 s per load point, the open loop at most 200 req/s, one cold start; without nginx the gateway part
 skips nginx's row (the full run stops: ``make bench`` installs it). Exit code 1 if a server answered anything but
@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import serving_gateway
 import uvloop
+from results import add_out_option, save
 from serving_gateway import cpu_seconds, response_complete
 
 from archipel.registry.convert import convert
@@ -507,6 +508,7 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke mode: 1 s a load point, 1 cold start")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    add_out_option(parser, "serving")
     args = parser.parse_args()
     args.duration = args.duration or (1.0 if args.quick else 5.0)
     args.warmup = 0.2 if args.quick else 0.5
@@ -525,6 +527,7 @@ def main() -> int:
         measured = run(args, Path(tmp))
     result = {"quick": args.quick, "duration_s": args.duration, "cpus": os.cpu_count(), "pinned": pinned,
               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), **measured}  # fmt: skip
+    save("serving", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:

@@ -25,7 +25,7 @@ a separate process behind the fault proxy (``python -m archipel.testing.proxy``,
 latency), so the client and the server do not share a GIL and every request pays a round trip.
 
     python benchmarks/transfer.py [--size-mib 1024] [--repeat 3] [--cold] [--quick] [--json] [--latency-ms 10]
-                                  [--no-s3]
+                                  [--no-s3] [--out PATH]
 
 ``--quick`` (CI smoke mode) moves 64 MiB once unless told otherwise. Figures are MB/s (10^6 bytes/s).
 """
@@ -49,6 +49,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from results import add_out_option, save
 
 from archipel.backends.storage.local import LocalStore
 from archipel.backends.storage.registry import open_store
@@ -311,6 +313,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=10.0, help="one-way latency the proxy adds (S3)")
     parser.add_argument("--no-s3", action="store_true", help="skip local->S3 (needs moto[server], s3fs)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    add_out_option(parser, "transfer")
     args = parser.parse_args()
     size = (args.size_mib or (64 if args.quick else 1024)) * MIB
     repeat = max(1, args.repeat or (1 if args.quick else 3))
@@ -339,6 +342,7 @@ def main() -> int:
         "verdict": _verdict(rows),
         "all_verified": all(row["sha256_ok"] for row in [*rows, fsynced]),
     }
+    save("transfer", result, quick=args.quick, out=args.out)
     if args.json:
         print(json.dumps(result))
     else:
