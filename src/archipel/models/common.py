@@ -53,7 +53,21 @@ Name = Annotated[
 ]
 """A resource name: lowercase letters, digits and '-' (like a DNS label)."""
 
-Bytes = Annotated[int, BeforeValidator(_to_bytes)]
+SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([BbKkMmGgTt]|[KkMmGgTt][Bb]|[KkMmGgTt][Ii][Bb])?\s*$"
+"""What :func:`archipel.models.units.parse_size` reads, for JSON Schema readers (units in any case)."""
+DURATION_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([Mm][Ss]|[Ss]|[Mm]|[Mm][Ii][Nn]|[Hh]|[Dd])?\s*$"
+"""What :func:`archipel.models.units.parse_duration` reads."""
+
+
+def number_or_text(pattern: str, what: str) -> WithJsonSchema:
+    """The JSON schema of a field that takes a number or a string with a unit (``what`` says which)."""
+    return WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": pattern}],
+                           "description": what})  # fmt: skip
+
+
+Bytes = Annotated[
+    int, BeforeValidator(_to_bytes), number_or_text(SIZE_PATTERN, "A size: '16GiB', '500MB' or bytes.")
+]
 """A size: ``'16GiB'``, ``'500MB'`` or a number of bytes."""
 
 
@@ -62,8 +76,15 @@ def _bytes_text(value: int) -> str:
     return f"{value // 2**30}GiB" if value % 2**30 == 0 else f"{value}B"
 
 
-GiB = Annotated[int, BeforeValidator(_gib_to_bytes), PlainSerializer(_bytes_text, when_used="json")]
+GiB = Annotated[
+    int, BeforeValidator(_gib_to_bytes), PlainSerializer(_bytes_text, when_used="json"),
+    number_or_text(SIZE_PATTERN, "A size: '16GiB', '512MiB' or a number of GiB."),
+]  # fmt: skip
 """A memory size: ``'16GiB'`` or a bare number of GiB; stored in bytes."""
 
-Seconds = Annotated[float, BeforeValidator(_to_seconds)]
+Seconds = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    number_or_text(DURATION_PATTERN, "A duration: '30m', '2h' or seconds."),
+]
 """A duration: ``'30m'``, ``'2h'`` or a number of seconds."""

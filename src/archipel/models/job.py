@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
-from archipel.models.common import GiB, Name, Seconds, StrictModel
+from archipel.models.common import DURATION_PATTERN, GiB, Name, Seconds, StrictModel, number_or_text
 from archipel.models.policy import Classification
 from archipel.models.registry import ModelSpec
 from archipel.models.site import Provider
@@ -103,13 +103,15 @@ def _hours(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("an estimate is a number of hours or a duration like '90m'")
     if isinstance(value, int | float):
-        return float(value)
+        return parse_duration(value * 3600) / 3600  # the same bounds as any duration
     if isinstance(value, str):
         return parse_duration(value) / 3600
     return value
 
 
-Hours = Annotated[float, BeforeValidator(_hours)]
+Hours = Annotated[
+    float, BeforeValidator(_hours), number_or_text(DURATION_PATTERN, "A duration: hours, or '90m', '2h'.")
+]
 
 
 class Resources(StrictModel):

@@ -27,6 +27,10 @@ SIZE_UNITS: dict[str, int] = {
 }
 DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
+MAX_BYTES = 2**60
+"""Sizes above this (1 EiB) are refused: a typo, not a plan (and float overflow beyond)."""
+MAX_SECONDS = 1000 * 365.25 * 86400
+"""Durations above this (1,000 years) are refused."""
 _NUM_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
@@ -47,6 +51,8 @@ def parse_size(value: str | int | float, *, default_unit: str = "b") -> int:
         raise ValueError(f"unknown size unit {unit!r} in {value!r}; known units: {known}")
     if number < 0:
         raise ValueError(f"a size cannot be negative: {value!r}")
+    if not number * factor < MAX_BYTES:  # (also NaN and infinity)
+        raise ValueError(f"{value!r} is too large for a size (the limit is 1 EiB)")
     return round(number * factor)
 
 
@@ -57,6 +63,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value!r}")
+        if not value < MAX_SECONDS:
+            raise ValueError(f"{value!r} is too long for a duration (the limit is 1,000 years)")
         return float(value)
     match = _NUM_UNIT.match(value)
     if not match:
@@ -67,6 +75,8 @@ def parse_duration(value: str | int | float) -> float:
         raise ValueError(
             f"unknown duration unit {unit!r} in {value!r}; known units: {', '.join(DURATION_UNITS)}"
         )
+    if not number * factor < MAX_SECONDS:
+        raise ValueError(f"{value!r} is too long for a duration (the limit is 1,000 years)")
     return number * factor
 
 
