@@ -329,8 +329,9 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
         queries = {"/api/v1/policy/check": [{"data": "patients-eu", "site": "aws-us-east-1"}],
                    "/api/v1/cost": [{"by": by, "since_hours": 24 * 365} for by in GROUPS if by != "tag"]}  # fmt: skip
         read: dict[str, Any] = {}
+        stream = "/api/v1/runs/{run_id}/logs/stream"
         for path, item in doc["paths"].items():
-            if "get" in item and path.startswith("/api/"):
+            if "get" in item and path.startswith("/api/") and path != stream:
                 for query in queries.get(path, [{}]):
                     read[path] = _checked(client, doc, "GET", path, ids=ids, params=query)
         assert ids["run_id"] and all(read[f"/api/v1/{what}"] for what in ("models", "deployments", "alerts"))
@@ -348,8 +349,38 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
         assert acted["/api/v1/plans"]["steps"][0]["chosen"]["moves"][0]["from"] == "aws-us-east-1"
         new = {"token_id": [acted["/api/v1/tokens"]["id"]]}
         assert _checked(client, doc, "DELETE", "/api/v1/tokens/{token_id}", ids=new)["revoked_at"]
+        # the log stream of an ended run: every line it printed, each its documented object, then the end
+        from jsonschema import Draft202012Validator
+
+        line_schema = doc["paths"][stream]["get"]["responses"]["200"]["content"]["application/x-ndjson"][
+            "schema"
+        ]
+        for run_id in ids["run_id"]:
+            got = client.get(stream.replace("{run_id}", run_id))
+            assert got.status_code == 200 and got.headers["content-type"].startswith("application/x-ndjson")
+            lines = [json.loads(x) for x in got.text.splitlines()]
+            assert lines and not [
+                e.message for x in lines for e in Draft202012Validator(line_schema).iter_errors(x)
+            ]
+            assert [f"{x['step']}#{x['attempt']} {x['line']}" for x in lines] == client.get(
+                f"/api/v1/runs/{run_id}/logs"
+            ).json()["lines"]
+        # and `runs logs -f` against the control plane follows that stream, printing what the local command prints
+        env = {**os.environ, "ARCHIPEL_URL": str(client.base_url).rstrip("/"), "ARCHIPEL_TOKEN": token,
+               "NO_COLOR": "1", "COLUMNS": "200"}  # fmt: skip
+        followed = subprocess.run([sys.executable, "-m", "archipel.cli", "runs", "logs", ids["run_id"][0], "-f"],
+                                  capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)  # fmt: skip
+        local = subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "runs", "logs",
+                                ids["run_id"][0]], capture_output=True, text=True, timeout=60,
+                               env={**env, "ARCHIPEL_URL": ""})  # fmt: skip
+        assert followed.returncode == 0 and followed.stdout == local.stdout and local.stdout.strip(), (
+            followed.stderr
+        )
         called = (
-            {f"GET {p}" for p in read} | {f"POST {p}" for p in acted} | {"DELETE /api/v1/tokens/{token_id}"}
+            {f"GET {p}" for p in read}
+            | {f"POST {p}" for p in acted}
+            | {"DELETE /api/v1/tokens/{token_id}"}
+            | {f"GET {stream}"}
         )
         documented = {
             f"{m.upper()} {p}" for p, item in doc["paths"].items() for m in item if p.startswith("/api/")

@@ -11,12 +11,12 @@ the URL, and never logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
@@ -34,6 +34,7 @@ from archipel.api.schemas import (
     DeploymentOut,
     DriftReportOut,
     HealthOut,
+    LogLineOut,
     ModelOut,
     NewTokenOut,
     OfferOut,
@@ -65,6 +66,7 @@ __all__ = ["SCOPE_KEY", "context", "create_app", "guard", "need"]
 log = logging.getLogger("archipel.api")
 
 Scope = Literal["read", "infer", "deploy", "admin"]
+NDJSON = "application/x-ndjson"
 SCOPE_KEY = "x-archipel-scope"
 """Each guarded operation in the OpenAPI document names the scope it needs under this key."""
 
@@ -179,7 +181,8 @@ def guard(
     with its error responses documented."""
 
     def wrap(func: Callable[..., Any]) -> Any:
-        return router.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=ERRORS,
+        responses = {**ERRORS, **kwargs.pop("responses", {})}
+        return router.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=responses,
                                 openapi_extra={SCOPE_KEY: scope}, **kwargs)(func)  # fmt: skip
 
     return wrap
@@ -338,6 +341,25 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         lines = [f"{s}#{a} {line}" for s, a, text in logs(workspace, engine, run_id, step=step)
                  for line in text.splitlines()]  # fmt: skip
         return {"run_id": run_id, "lines": lines}
+
+    @route("GET", "/api/v1/runs/{run_id}/logs/stream", "read", tags=["runs"], response_class=StreamingResponse,
+           responses={200: {"description": "One JSON object a line, as the output comes, until the run has ended.",
+                            "content": {NDJSON: {"schema": LogLineOut.model_json_schema()}}}})  # fmt: skip
+    def run_logs_stream(
+        run_id: RunId, step: Annotated[str | None, Query(pattern=NAME)] = None
+    ) -> StreamingResponse:
+        """Every attempt's output as it comes, as newline-delimited JSON (``{"step", "attempt", "line"}``), until
+        the run has ended; 404 at once for an unknown run."""
+        from archipel.services.runs import follow_logs, get_run
+
+        get_run(engine, run_id, metrics=False)  # NotFound before the stream starts
+
+        def lines() -> Iterator[bytes]:
+            for s, a, text in follow_logs(workspace, engine, run_id, step=step):
+                for line in text.splitlines():
+                    yield LogLineOut(step=s, attempt=a, line=line).model_dump_json().encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type=NDJSON)
 
     @route("POST", "/api/v1/runs/{run_id}/cancel", "deploy", tags=["runs"])
     def cancel(run_id: RunId) -> CancelOut:

@@ -50,6 +50,7 @@ __all__ = [
     "DeploymentOut",
     "DriftReportOut",
     "HealthOut",
+    "LogLineOut",
     "ModelOut",
     "NewTokenOut",
     "OfferOut",
@@ -452,6 +453,14 @@ class RunLogsOut(Out):
     run_id: str
     lines: list[str]
     """Each line prefixed with its step and attempt: ``train#2 ...``."""
+
+
+class LogLineOut(Out):
+    """One line of a run's output, in ``/runs/{run_id}/logs/stream``."""
+
+    step: str
+    attempt: int
+    line: str
 
 
 class CancelOut(Out):

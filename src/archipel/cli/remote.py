@@ -141,6 +141,31 @@ def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any 
     raise kind(message)
 
 
+def _follow(run_id: str, step: str | None) -> None:
+    """``runs logs -f``: the API's stream of the run's output, printed as it comes, until the run has ended."""
+    import json
+
+    import httpx
+
+    from archipel.cli import render_runs
+
+    call(
+        "GET", f"/api/v1/runs/{run_id}", None, None
+    )  # an unknown run or a refused token, said as for any command
+    query = {"step": step} if step else None
+    headers = {"Authorization": f"Bearer {os.environ.get('ARCHIPEL_TOKEN', '')}"}
+    try:
+        with httpx.stream("GET", f"{remote_url()}/api/v1/runs/{run_id}/logs/stream", params=query,
+                          headers=headers, timeout=httpx.Timeout(30, read=None)) as answer:  # fmt: skip
+            answer.raise_for_status()
+            for line in answer.iter_lines():
+                if line:
+                    item = json.loads(line)
+                    render_runs.log_lines(item["step"], item["attempt"], item["line"])
+    except httpx.HTTPError as err:
+        raise BackendError(f"the log stream from {remote_url()} broke: {err}") from None
+
+
 def invocation(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
     """The command path and parsed parameters of ``argv`` when it is to run remotely; None to run it here (help,
     ``--version``, or a command in :data:`LOCAL`)."""
@@ -178,6 +203,9 @@ def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
         usable = ", ".join(" ".join(p) for p in COMMANDS)
         raise SpecError(f"`archipel {' '.join(path)}` works on a local workspace only; with ARCHIPEL_URL set, these "
                         f"run against the control plane: {usable}")  # fmt: skip
+    if path == ("runs", "logs") and params.get("follow"):
+        _follow(params["run_id"], params["step"])
+        return
     answer = call(*COMMANDS[path](params))
     if params.get("as_json"):
         print_json(answer)

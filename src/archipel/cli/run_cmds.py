@@ -200,20 +200,13 @@ def runs_logs(
 ) -> None:
     """The output of every attempt of the run, in order."""
     from archipel.cli import render_runs
-    from archipel.services.runs import get_run, run_logs
+    from archipel.services.runs import follow_logs, run_logs
 
     ws = open_workspace()
     engine = open_engine(ws)
-    offsets: dict = {}
-    while True:
-        for step_name, number, text in run_logs(ws, engine, run_id, step=step, offsets=offsets):
-            render_runs.log_lines(step_name, number, text)
-        if not follow or get_run(engine, run_id, metrics=False).state in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            if follow:  # what the last attempt wrote before it ended
-                for step_name, number, text in run_logs(ws, engine, run_id, step=step, offsets=offsets):
-                    render_runs.log_lines(step_name, number, text)
-            return
-        time.sleep(0.5)
+    chunks = follow_logs(ws, engine, run_id, step=step) if follow else run_logs(ws, engine, run_id, step=step)
+    for step_name, number, text in chunks:
+        render_runs.log_lines(step_name, number, text)
 
 
 @runs_app.command("cancel")

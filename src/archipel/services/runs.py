@@ -8,6 +8,8 @@ does the rest.
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +28,11 @@ from archipel.services.plan import PlanResult
 from archipel.workspace import Workspace
 
 __all__ = [
+    "ENDED",
     "RunView",
     "cancel_run",
     "compare_runs",
+    "follow_logs",
     "get_run",
     "list_runs",
     "predict_cached",
@@ -190,6 +194,26 @@ def run_logs(
         if text:
             out.append((attempt["step"], attempt["number"], text))
     return out
+
+
+ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def follow_logs(
+    workspace: Workspace, engine: Engine, run_id: str, *, step: str | None = None, poll_s: float = 0.5
+) -> Iterator[tuple[str, int, str]]:
+    """Every attempt's output as it comes (``(step, attempt, text)``), until the run has ended and its last output
+    is read. ``NotFound`` before anything is yielded if there is no such run."""
+    offsets: dict = {}
+    chunks = run_logs(workspace, engine, run_id, step=step, offsets=offsets)
+    while True:
+        yield from chunks
+        ended = get_run(engine, run_id, metrics=False).state in ENDED
+        if ended:  # what the last attempt wrote before it ended
+            yield from run_logs(workspace, engine, run_id, step=step, offsets=offsets)
+            return
+        time.sleep(poll_s)
+        chunks = run_logs(workspace, engine, run_id, step=step, offsets=offsets)
 
 
 def predict_cached(engine: Engine, result: PlanResult, *, workdir: Path) -> dict[str, str]:
