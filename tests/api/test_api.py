@@ -303,8 +303,9 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
     """The server checks every answer against its route's schema (a mismatch is a 500), but the workspaces above
     hold no runs, models, deployments, drift reports or alerts: here every route but three answers on a copy of what
     `archipel demo` leaves (tests/demo_run.py), as the OpenAPI document says (read routes enumerated from it) and as
-    the CLI's `--json` prints. Not called: a cancel needs a live run, a rollback starts replicas, and a down would
-    stop the demo's kept replicas, which the copy shares (its answer is the deployment, as GET shows it)."""
+    the CLI's `--json` prints. Not called: a cancel needs a live run, a rollback starts replicas, and a deploy or a
+    down would replace or stop the demo's kept replicas, which the copy shares (their answer is the deployment, as
+    GET shows it; test_a_deployment_started_and_stopped_through_the_control_plane calls both)."""
     try:
         import jsonschema  # noqa: F401
     except ImportError:
@@ -385,11 +386,15 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
         documented = {
             f"{m.upper()} {p}" for p, item in doc["paths"].items() for m in item if p.startswith("/api/")
         }
-        assert documented - called == {
-            "POST /api/v1/runs/{run_id}/cancel",
-            "POST /api/v1/deployments/{name}/rollback",
-            "POST /api/v1/deployments/{name}/down",
-        }
+        assert (
+            documented - called
+            == {
+                "POST /api/v1/runs/{run_id}/cancel",
+                "POST /api/v1/deployments/{name}/rollback",
+                "POST /api/v1/deployments/{name}/down",
+                "POST /api/v1/deployments",  # an update on the copy would roll the demo's replicas (see the test above)
+            }
+        )
         # and the answers are still the CLI's --json
         run_id = ids["run_id"][0]
         assert client.get(f"/api/v1/runs/{run_id}").json() == _cli(ws, "runs", "show", run_id)
@@ -423,3 +428,43 @@ def test_a_bug_is_answered_500_in_the_apis_shape_without_its_details(tmp_path: P
     answer = asyncio.run(get())
     assert answer.status_code == 500 and answer.json()["kind"] == "InternalError"
     assert "secret" not in answer.text
+
+
+def test_a_deployment_started_and_stopped_through_the_control_plane(server: Server, tmp_path: Path) -> None:
+    """`archipel deploy FILE` and `deployments down` against ARCHIPEL_URL: the spec read (and checked) here, the
+    replicas started by the control plane, answering; a deploy token is needed."""
+    from sklearn.linear_model import LogisticRegression
+
+    from archipel.db import connect
+    from archipel.registry.convert import convert
+    from archipel.services.data import read_dataset
+    from archipel.services.models import promote, register_version
+
+    features = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
+    engine = connect(server.ws.db_url)
+    table = read_dataset(server.ws, engine, "patients-eu")
+    rows = __import__("numpy").column_stack([table.column(f).to_numpy() for f in features]).astype("float32")
+    model = LogisticRegression(max_iter=500).fit(rows, table.column("readmitted").to_numpy())
+    version = register_version(server.ws, engine, "remote", convert(model, rows[:32], feature_names=features),
+                               site="onprem-frankfurt", datasets=["patients-eu"])  # fmt: skip
+    promote(server.ws, engine, "remote", version.version, gates=[])
+    engine.dispose()
+    spec = tmp_path / "deployment.yaml"
+    spec.write_text("name: remote\nmodel: remote@production\nsites: [onprem-frankfurt]\nsample_rate: 0\n")
+    assert "needs deploy" in _remote(server, "deploy", str(spec)).stderr  # a read token may not
+    spec.with_name("typo.yaml").write_text("name: remote\nmodle: remote@production\n")
+    typo = _remote(server, "deploy", str(spec.with_name("typo.yaml")), token="deploy")
+    assert (
+        typo.returncode != 0 and "typo.yaml:2" in typo.stderr
+    )  # checked here, with its line, before sending
+    started = _remote(server, "deploy", str(spec), "--json", token="deploy")
+    assert started.returncode == 0, started.stderr
+    view = json.loads(started.stdout)
+    try:
+        assert view["state"] == "ready" and [r["site"] for r in view["replicas"]] == ["onprem-frankfurt"]
+        ready = httpx.get(view["replicas"][0]["url"] + "/v2/health/ready", timeout=10)
+        assert ready.status_code == 200
+    finally:
+        stopped = _remote(server, "deployments", "down", "remote", token="deploy")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(_remote(server, "deployments", "status", "remote", "--json").stdout)["state"] == "down"

@@ -57,6 +57,7 @@ from archipel.errors import (
     SpecError,
     Unauthorized,
 )
+from archipel.models.deployment import DeploymentSpec
 from archipel.models.job import JobSpec, PipelineSpec
 from archipel.services.tokens import Token, verify_token
 from archipel.workspace import Workspace
@@ -404,6 +405,15 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         from archipel.services.deployments import get_deployment
 
         return get_deployment(engine, name).as_json()
+
+    @route("POST", "/api/v1/deployments", "deploy", tags=["deployments"])
+    def deploy(spec: DeploymentSpec) -> DeploymentOut:
+        """Start or update a deployment (the spec as its YAML would parse): the model copied where its data allows,
+        replicas started at the control plane's sites, answered once they are ready (an update rolls without
+        failing a request)."""
+        from archipel.services.deployments import deploy as do_deploy
+
+        return do_deploy(workspace, engine, spec).as_json()
 
     @route("POST", "/api/v1/deployments/{name}/rollback", "deploy", tags=["deployments"])
     def rollback(name: Name) -> DeploymentOut:

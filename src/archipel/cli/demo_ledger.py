@@ -47,9 +47,9 @@ def ledger_step(workspace: Workspace, engine: Engine, out: Console) -> tuple[dic
         "audit": {"entries": verified.entries, "ok": verified.ok, "by_action": actions},
     }
     checks = {
-        "ledger_adds_up": abs(sum(summary["by_site"].values()) - by_site.total.total_usd) < 1e-6
-        and abs(sum(summary["by_provider"].values()) - by_site.total.total_usd) < 1e-6
-        and by_site.total.total_usd > 0,
+        "ledger_adds_up": abs(sum(r.total_usd for r in by_site.rows) - by_site.total.total_usd) < 1e-9
+        and abs(sum(r.total_usd for r in by_provider.rows) - by_site.total.total_usd) < 1e-9
+        and by_site.total.total_usd > 0,  # (compared before rounding: the summary's figures are rounded)
         "audit_verified": verified.ok and verified.entries > 0,
     }
     return summary, checks

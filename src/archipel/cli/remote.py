@@ -43,6 +43,16 @@ def _plan(p: dict[str, Any]) -> Call:
     )
 
 
+def _deploy(p: dict[str, Any]) -> Call:
+    from archipel.models.deployment import DeploymentSpec
+    from archipel.spec.validate import load_model_file
+
+    spec = load_model_file(
+        p["spec"], DeploymentSpec
+    )  # the file's errors with file:line, before anything is sent
+    return "POST", "/api/v1/deployments", None, spec.model_dump(mode="json", exclude_defaults=True)
+
+
 def _cost(p: dict[str, Any]) -> Call:
     if p["since"]:
         raise SpecError("--since is not available against ARCHIPEL_URL yet")
@@ -81,6 +91,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
     ("models", "ls"): lambda p: ("GET", "/api/v1/models", None, None),
     ("models", "show"): lambda p: ("GET", f"/api/v1/models/{p['ref']}", None, None),
     ("models", "promote"): _promote,
+    ("deploy",): _deploy,
     ("deployments", "ls"): lambda p: ("GET", "/api/v1/deployments", None, None),
     ("deployments", "status"): lambda p: ("GET", f"/api/v1/deployments/{p['name']}", None, None),
     ("deployments", "rollback"): lambda p: ("POST", f"/api/v1/deployments/{p['name']}/rollback", None, None),

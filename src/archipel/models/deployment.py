@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from archipel.models.common import Name, StrictModel
 
@@ -29,6 +29,12 @@ class Batching(StrictModel):
     max_batch: int = Field(64, ge=1, le=4096)
     max_wait_ms: float = Field(0.0, ge=0, le=1000)
     """0 batches what is already queued; a wait pays only for models whose row costs ~100 us or more."""
+
+
+ModelRef = Annotated[str, WithJsonSchema({
+    "type": "string", "pattern": r"^(models:/)?[a-z0-9][a-z0-9-]{0,62}(/[1-9][0-9]*|@[a-z][a-z0-9-]{0,62})$",
+    "description": "A model version: NAME@ALIAS or NAME/N."})]  # fmt: skip
+"""A model version reference as a deployment names it (checked by ``DeploymentSpec._ref`` and the registry)."""
 
 
 class Canary(StrictModel):
