@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from archipel.services.tokens import SCOPES
+from tests.api.conftest import api_workspace, start_server, tokens_for
 from tests.conftest import require
 from tests.demo_run import DemoRun
 from tests.serving.conftest import stop
@@ -38,25 +38,6 @@ class Server:
         )
 
 
-def _listening(proc: subprocess.Popen[str]) -> str:
-    """The API's URL once the process prints its port and answers its health route."""
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("LISTENING"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None and proc.stderr else "",
-    )
-    url = f"http://127.0.0.1:{int(line.split()[1])}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("the API never answered")
-
-
 def _cli(ws: Any, *args: str) -> Any:
     done = subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), *args, "--json"],
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
@@ -65,25 +46,11 @@ def _cli(ws: Any, *args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from archipel.data.synthetic import write_patients_csv
-    from archipel.db import connect
-    from archipel.services.apply import apply_plan, plan_apply
-    from archipel.services.data import add_dataset
-    from archipel.services.init import init_workspace
-    from archipel.services.tokens import create_token
-
-    root = tmp_path_factory.mktemp("api")
-    ws = init_workspace(root / "ws", demo=True)
-    engine = connect(ws.db_url)
-    apply_plan(ws, engine, plan_apply(ws, engine))
-    add_dataset(ws, engine, "patients-eu", write_patients_csv(root / "p.csv", 300, seed=3, id_prefix="eu"),
-                site="onprem-frankfurt", classification="phi")  # fmt: skip
-    tokens = {scope: create_token(ws, engine, scope=scope, name=f"api-{scope}")[0] for scope in SCOPES}
-    engine.dispose()
-    proc = subprocess.Popen([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), "server", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ws = api_workspace(tmp_path_factory.mktemp("api"), patients=300)
+    tokens = tokens_for(ws, *SCOPES, name="api")
+    proc, url = start_server(ws.root)
     try:
-        yield Server(_listening(proc), ws, tokens)
+        yield Server(url, ws, tokens)
         assert proc.poll() is None, "the server died during the tests"
     finally:
         stop(proc)
@@ -311,20 +278,14 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
     except ImportError:
         require("jsonschema", "pip install jsonschema (the dev extra has it, through schemathesis)")
     from archipel.cost.report import GROUPS
-    from archipel.db import connect
-    from archipel.services.tokens import create_token
     from archipel.workspace import load_workspace
 
     ws_dir = demo_run.copy(tmp_path / "ws")
     ws = load_workspace(ws_dir)
-    engine = connect(ws.db_url)
-    token = create_token(ws, engine, scope="admin", name="schema-check")[0]
-    engine.dispose()
-    proc = subprocess.Popen([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "server", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    token = tokens_for(ws, "admin", name="schema-check")["admin"]
+    proc, url = start_server(ws_dir)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     try:
-        client.base_url = httpx.URL(_listening(proc))
         doc = client.get("/openapi.json").json()
         ids = {"run_id": [r["id"] for r in client.get("/api/v1/runs").json()], "key": ["team"]}
         queries = {"/api/v1/policy/check": [{"data": "patients-eu", "site": "aws-us-east-1"}],

@@ -16,9 +16,6 @@ import io
 import json
 import math
 import re
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.conftest import start_server, tokens_for
 from tests.conftest import require
 from tests.demo_run import DemoRun
 from tests.serving.conftest import stop
@@ -104,24 +102,6 @@ def sig3(x: float) -> str:
 
 
 # -- the server, the browser --------------------------------------------------------------------------------------
-def _listening(proc: subprocess.Popen[str]) -> str:
-    """The API's URL once the server prints ``LISTENING PORT`` and answers its health route."""
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("LISTENING"), (
-        line,
-        proc.stderr.read() if proc.poll() is not None and proc.stderr else "",
-    )
-    url = f"http://127.0.0.1:{int(line.split()[1])}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return url
-        time.sleep(0.05)
-    raise AssertionError("the API never answered")
-
-
 @dataclass(frozen=True)
 class Dash:
     url: str
@@ -172,8 +152,6 @@ def dash(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         import playwright.sync_api  # noqa: F401
     except ImportError:
         require("Playwright", "the playwright package is not installed (pip install 'archipel[dev]')")
-    from archipel.db import connect
-    from archipel.services.tokens import create_token
     from archipel.workspace import load_workspace
 
     root = tmp_path_factory.mktemp("dashboard")
@@ -181,17 +159,12 @@ def dash(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     shots.mkdir()
     with (ws_dir / "archipel.yaml").open("a", encoding="utf-8") as spec:
         spec.write(BUDGETS)
-    ws = load_workspace(ws_dir)
-    engine = connect(ws.db_url)
-    tokens = {scope: create_token(ws, engine, scope=scope, name=f"dashboard-{scope}")[0]
-              for scope in ("read", "admin")}  # fmt: skip
-    engine.dispose()
+    tokens = tokens_for(load_workspace(ws_dir), "read", "admin", name="dashboard")
     served = _send_traffic(demo_run.kept, REQUESTS)
-    proc = subprocess.Popen([sys.executable, "-m", "archipel.cli", "-w", str(ws_dir), "server", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_run.env)  # fmt: skip
+    proc, url = start_server(ws_dir, env=demo_run.env)
     try:
         print(f"\ndashboard screenshots: {shots}")
-        yield Dash(_listening(proc), ws_dir, tokens, shots, served)
+        yield Dash(url, ws_dir, tokens, shots, served)
         assert proc.poll() is None, "the server died during the tests"
     finally:
         stop(proc)

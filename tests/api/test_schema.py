@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.test_api import _listening
+from tests.api.conftest import api_workspace, start_server, tokens_for
 from tests.conftest import require
 from tests.serving.conftest import stop
 
@@ -29,25 +29,11 @@ SEED = "20261205"  # fixed, so a failure in CI replays; raise --max-examples loc
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    from archipel.data.synthetic import write_patients_csv
-    from archipel.db import connect
-    from archipel.services.apply import apply_plan, plan_apply
-    from archipel.services.data import add_dataset
-    from archipel.services.init import init_workspace
-    from archipel.services.tokens import create_token
-
-    root = tmp_path_factory.mktemp("schema")
-    ws = init_workspace(root / "ws", demo=True)
-    engine = connect(ws.db_url)
-    apply_plan(ws, engine, plan_apply(ws, engine))
-    add_dataset(ws, engine, "patients-eu", write_patients_csv(root / "p.csv", 200, seed=3, id_prefix="eu"),
-                site="onprem-frankfurt", classification="phi")  # fmt: skip
-    token = create_token(ws, engine, scope="admin", name="schemathesis")[0]
-    engine.dispose()
-    proc = subprocess.Popen([sys.executable, "-m", "archipel.cli", "-w", str(ws.root), "server", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ws = api_workspace(tmp_path_factory.mktemp("schema"), patients=200)
+    token = tokens_for(ws, "admin", name="schemathesis")["admin"]
+    proc, url = start_server(ws.root)
     try:
-        yield _listening(proc), token
+        yield url, token
     finally:
         stop(proc)
 

@@ -78,7 +78,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.communicate()
 
 
-def wait_listening(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
+def wait_listening(proc: subprocess.Popen[str], timeout: float = 60.0, path: str = "/v2/health/ready") -> int:
+    """The port a process printed first (``LISTENING PORT``), once ``path`` answers 200 there."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     line = proc.stdout.readline()
@@ -91,12 +92,12 @@ def wait_listening(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
 
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
                 if response.status == 200:
                     return port
         except OSError:
             time.sleep(0.05)
-    raise AssertionError("the replica never became ready")
+    raise AssertionError(f"{path} never answered 200 on port {port}")
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,7 @@ Routes added here, each behind a ``read`` token like the API's:
 
 from __future__ import annotations
 
-import os
 import re
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -35,6 +33,7 @@ from fastapi.responses import FileResponse, Response
 
 from archipel.api.app import context, guard
 from archipel.errors import SpecError
+from archipel.serving.metrics import scrape
 
 __all__ = ["BUCKETS", "mount", "parse_replica_metrics", "pick_bucket", "router"]
 
@@ -56,8 +55,8 @@ ASSET_HEADERS = {
     "Cache-Control": "no-cache",  # revalidate: a new archipel's assets show at once
 }
 SCRAPE_TIMEOUT_S = 1.5
-REPLICA_SECRET_ENV = "ARCHIPEL_REPLICA_SECRET"
-"""When replicas require a shared secret, ``/metrics`` takes it as a bearer token (as Prometheus scrapes do)."""
+"""How long the traffic page waits for a replica's ``/metrics`` (``serving.metrics.scrape`` sends the replica
+secret when one is set, as Prometheus scrapes do)."""
 
 BUCKETS: dict[str, int] = {"day": 86400, "hour": 3600, "minute": 60, "second": 1}
 """Time buckets of the cost timeline, in seconds, largest first."""
@@ -199,19 +198,6 @@ def parse_replica_metrics(text: str) -> JSONObject:
     }
 
 
-def _scrape(url: str) -> tuple[str | None, str | None]:
-    """(the replica's metrics text, None) or (None, why it could not be read)."""
-    secret = os.environ.get(REPLICA_SECRET_ENV)
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-    try:
-        with urllib.request.urlopen(
-            urllib.request.Request(f"{url}/metrics", headers=headers), timeout=SCRAPE_TIMEOUT_S
-        ) as answer:
-            return answer.read().decode("utf-8", "replace"), None
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-
-
 @guard(router, "GET", "/api/v1/deployments/{name}/traffic", "read", tags=["deployments"])
 def deployment_traffic(request: Request, name: Name) -> JSONObject:
     """Each running replica's counters since it started, read from its own ``/metrics`` now (replicas listen on
@@ -222,7 +208,7 @@ def deployment_traffic(request: Request, name: Name) -> JSONObject:
     _, engine = context(request)
     view = get_deployment(engine, name)
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(view.replicas)))) as pool:
-        scraped = list(pool.map(_scrape, [r["url"] for r in view.replicas]))
+        scraped = list(pool.map(lambda url: scrape(url, SCRAPE_TIMEOUT_S), [r["url"] for r in view.replicas]))
     replicas = []
     for replica, (text, problem) in zip(view.replicas, scraped, strict=True):
         figures = parse_replica_metrics(text) if text is not None else None

@@ -10,6 +10,7 @@ a local workspace only.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -136,17 +137,23 @@ def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any 
                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     except httpx.TransportError as err:
         raise BackendError(f"the control plane at {url} does not answer: {err}") from None
+    _raise_for(answer)
+    return answer.json()
+
+
+def _raise_for(answer: Any) -> None:
+    """Nothing for a 2xx/3xx answer; else the API's error raised as its kind (with the local exit code)."""
     if answer.status_code < 400:
-        return answer.json()
+        return
     try:
-        problem = answer.json()
+        problem = json.loads(answer.read())
     except ValueError:
         problem = {"error": answer.text[:500]}
     if "detail" in problem and "error" not in problem:  # FastAPI's validation errors
         details = problem["detail"] if isinstance(problem["detail"], list) else [{"msg": problem["detail"]}]
         problem = {"error": "; ".join(str(d.get("msg")) for d in details), "kind": "SpecError"}
     kind = KINDS.get(str(problem.get("kind")), ArchipelError)
-    message = f"{problem.get('error')} (from {url}, HTTP {answer.status_code})"
+    message = f"{problem.get('error')} (from {remote_url()}, HTTP {answer.status_code})"
     if kind is PolicyViolation:
         raise PolicyViolation(message, rule=problem.get("rule"))
     raise kind(message)
@@ -154,21 +161,16 @@ def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any 
 
 def _follow(run_id: str, step: str | None) -> None:
     """``runs logs -f``: the API's stream of the run's output, printed as it comes, until the run has ended."""
-    import json
-
     import httpx
 
     from archipel.cli import render_runs
 
-    call(
-        "GET", f"/api/v1/runs/{run_id}", None, None
-    )  # an unknown run or a refused token, said as for any command
     query = {"step": step} if step else None
     headers = {"Authorization": f"Bearer {os.environ.get('ARCHIPEL_TOKEN', '')}"}
     try:
         with httpx.stream("GET", f"{remote_url()}/api/v1/runs/{run_id}/logs/stream", params=query,
                           headers=headers, timeout=httpx.Timeout(30, read=None)) as answer:  # fmt: skip
-            answer.raise_for_status()
+            _raise_for(answer)  # an unknown run or a refused token, said as for any command
             for line in answer.iter_lines():
                 if line:
                     item = json.loads(line)

@@ -305,10 +305,10 @@ def desired_replicas(current: int, qps: float, target_qps: float, low: int, high
 
 
 def _requests_served(url: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=1) as response:
-            text = response.read().decode()
-    except OSError:
+    from archipel.serving.metrics import scrape
+
+    text, _ = scrape(url, timeout=1)  # with the replica secret when set (without it the replicas answer 401)
+    if text is None:
         return None
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("archipel_inference_requests_total"))  # fmt: skip

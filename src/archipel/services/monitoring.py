@@ -184,19 +184,14 @@ def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, sit
 def check_slo(workspace: Workspace, engine: Engine, name: str) -> list[dict[str, Any]]:
     """The replicas' own counters against the deployment's ``monitoring.slo``: an ``slo`` alert per breach; the
     figures per site (answers, error rate, p99 upper bound in ms)."""
-    import os
+    from archipel.serving.metrics import scrape
 
     deployment = get_deployment(engine, name)
     slo = DeploymentSpec.model_validate(deployment.spec).monitoring.slo
-    secret = os.environ.get("ARCHIPEL_REPLICA_SECRET")
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     by_site: dict[str, dict[str, Any]] = {}
     for replica in deployment.replicas:
-        try:
-            request = urllib.request.Request(f"{replica['url']}/metrics", headers=headers)
-            with urllib.request.urlopen(request, timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
+        text, _ = scrape(replica["url"], timeout=2)
+        if text is None:
             continue
         figures = by_site.setdefault(replica["site"], {"answers": 0, "errors": 0, "buckets": {}})
         _add_metrics(figures, text)

@@ -22,13 +22,12 @@ from archipel.db.orm import RunAttemptRow, RunMetricRow, RunRow, RunStepRow
 from archipel.db.types import utcnow
 from archipel.errors import Conflict, NotFound
 from archipel.executor.launch import cache_key, code_hash, code_snapshot
-from archipel.executor.states import RunState
+from archipel.executor.states import TERMINAL, RunState
 from archipel.policy.audit import AuditLog
 from archipel.services.plan import PlanResult
 from archipel.workspace import Workspace
 
 __all__ = [
-    "ENDED",
     "RunView",
     "cancel_run",
     "compare_runs",
@@ -196,9 +195,6 @@ def run_logs(
     return out
 
 
-ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
-
-
 def follow_logs(
     workspace: Workspace, engine: Engine, run_id: str, *, step: str | None = None, poll_s: float = 0.5
 ) -> Iterator[tuple[str, int, str]]:
@@ -208,8 +204,9 @@ def follow_logs(
     chunks = run_logs(workspace, engine, run_id, step=step, offsets=offsets)
     while True:
         yield from chunks
-        ended = get_run(engine, run_id, metrics=False).state in ENDED
-        if ended:  # what the last attempt wrote before it ended
+        if (
+            get_run(engine, run_id, metrics=False).state in TERMINAL
+        ):  # what the last attempt wrote before it ended
             yield from run_logs(workspace, engine, run_id, step=step, offsets=offsets)
             return
         time.sleep(poll_s)

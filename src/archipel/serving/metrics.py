@@ -7,7 +7,25 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "scrape"]
+
+
+def scrape(url: str, timeout: float) -> tuple[str | None, str | None]:
+    """A replica's ``/metrics`` text, as (text, None), or (None, why it could not be read). Sends the replica secret
+    (``ARCHIPEL_REPLICA_SECRET``) when one is set, as gateways do: replicas that require it answer 401 without."""
+    import os
+    import urllib.request
+
+    secret = os.environ.get("ARCHIPEL_REPLICA_SECRET")
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/metrics", headers=headers), timeout=timeout
+        ) as r:
+            return r.read().decode("utf-8", "replace"), None
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
