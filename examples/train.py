@@ -1,4 +1,4 @@
-"""Train a readmission classifier with checkpoints: the same script runs on every site and backend.
+"""Train a malignancy classifier (breast-cancer records) with checkpoints: the same script runs on every site and backend.
 
 Launched by archipel (``archipel run examples/train.yaml``): the input is read from the site's storage, the
 model state is checkpointed when the spec's interval is due, and a recovered attempt resumes from the last
@@ -17,19 +17,22 @@ from sklearn.preprocessing import StandardScaler
 
 import archipel
 
-FEATURES = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
+FEATURES = [  # the ten mean_* measurements of the cell nuclei
+    "mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness",
+    "mean_compactness", "mean_concavity", "mean_concave_points", "mean_symmetry", "mean_fractal_dimension",
+]  # fmt: skip
 STATE = ("coef_", "intercept_", "t_", "classes_", "n_iter_", "n_features_in_", "_expanded_class_weight")
 BATCH = 64
 
 ctx = archipel.job.context()
 table = ctx.input(ctx.inputs[0])
 columns = [c for c in FEATURES if c in table.column_names] or [
-    c for c in table.column_names if c not in ("id", "patient_id", "readmitted")
+    c for c in table.column_names if c not in ("id", "patient_id", "malignant")
 ]
 raw = np.column_stack([table[c].to_numpy().astype(np.float64) for c in columns])
 scaler = StandardScaler().fit(raw)  # the served model takes raw features: the scaling travels inside it
 X = scaler.transform(raw)
-y = table["readmitted"].to_numpy().astype(np.int64)
+y = table["malignant"].to_numpy().astype(np.int64)
 steps = int(os.environ.get("TRAIN_STEPS", "200"))
 pause = float(os.environ.get("STEP_SECONDS", "0"))
 ctx.log_params({"model": "SGDClassifier", "loss": "log_loss", "steps": steps, "batch": BATCH})
@@ -60,7 +63,7 @@ weights = {"features": columns, "coef": model.coef_.tolist(), "intercept": model
 # the registry gets it as ONNX, checked against the model, with metrics, a model card and this run's lineage
 served = Pipeline([("scale", scaler), ("model", model)])  # raw features in, as a caller sends them
 ctx.log_model(
-    os.environ.get("MODEL_NAME", "readmission"),
+    os.environ.get("MODEL_NAME", "malignancy"),
     served,
     sample_input=raw[:64],
     eval_data=(raw, y),

@@ -20,7 +20,10 @@ from ray.train.torch import TorchConfig, TorchTrainer, prepare_model
 
 import archipel
 
-FEATURES = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
+FEATURES = [  # the ten mean_* measurements of the cell nuclei
+    "mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness",
+    "mean_compactness", "mean_concavity", "mean_concave_points", "mean_symmetry", "mean_fractal_dimension",
+]  # fmt: skip
 BATCH = 32
 
 
@@ -74,7 +77,7 @@ ctx = archipel.job.context()
 table = ctx.input(ctx.inputs[0])
 X = np.column_stack([table[c].to_numpy().astype(np.float64) for c in FEATURES])
 X = ((X - X.mean(axis=0)) / (X.std(axis=0) + 1e-12)).astype(np.float32)
-y = table["readmitted"].to_numpy().astype(np.float32)
+y = table["malignant"].to_numpy().astype(np.float32)
 epochs, workers = int(os.environ.get("EPOCHS", "10")), int(os.environ.get("WORKERS", "2"))
 ctx.log_params({"model": "MLP 6-16-1", "optimizer": "SGD momentum 0.9", "epochs": epochs, "workers": workers})
 resume = ctx.checkpoint.load()

@@ -90,7 +90,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
             end(pid)
         if kept:
             subprocess.run([sys.executable, "-m", "archipel.cli", "-w", str(root), "deployments", "down",
-                            "readmission"], capture_output=True, env=env, timeout=120)  # fmt: skip
+                            "malignancy"], capture_output=True, env=env, timeout=120)  # fmt: skip
 
 
 def end(pid: int | None) -> None:

@@ -251,7 +251,7 @@ def _checked(client: httpx.Client, doc: dict[str, Any], method: str, path: str, 
     validator = Draft202012Validator({**answers[str(status)]["content"]["application/json"]["schema"],
                                       "components": doc["components"]})  # fmt: skip
     values = {
-        "name": ["patients-eu" if path.startswith("/api/v1/datasets/") else "readmission"],
+        "name": ["patients-eu" if path.startswith("/api/v1/datasets/") else "malignancy"],
         **(ids or {}),
     }
     key = next((k for k in values if f"{{{k}}}" in path), None)
@@ -359,7 +359,7 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
         # and the answers are still the CLI's --json
         run_id = ids["run_id"][0]
         assert client.get(f"/api/v1/runs/{run_id}").json() == _cli(ws, "runs", "show", run_id)
-        assert client.get("/api/v1/models/readmission").json() == _cli(ws, "models", "show", "readmission")
+        assert client.get("/api/v1/models/malignancy").json() == _cli(ws, "models", "show", "malignancy")
         assert client.get("/api/v1/monitoring").json() == _cli(ws, "monitor", "status")
         assert client.get("/api/v1/alerts").json() == _cli(ws, "monitor", "alerts")
     finally:

@@ -44,7 +44,7 @@ budgets:
   serving:
     amount_usd: 0.0001
     period: total
-    tags: {deployment: readmission}
+    tags: {deployment: malignancy}
 """
 """Added to the demo's archipel.yaml before the server starts: one budget under its limit, one over."""
 TICK_JOB = (
@@ -135,7 +135,7 @@ def _send_traffic(kept: dict[str, Any], n: int) -> dict[str, int]:
     headers = {"Authorization": f"Bearer {token}", "X-Archipel-Origin": "EU"}
     with httpx.Client(base_url=kept["url"], headers=headers, timeout=10) as client:
         for _ in range(n):
-            answer = client.post("/v2/models/readmission/infer", json=body)
+            answer = client.post("/v2/models/malignancy/infer", json=body)
             assert answer.status_code == 200, answer.text
             served[answer.headers["x-archipel-site"]] += 1
     return dict(served)
@@ -323,8 +323,8 @@ def test_the_pages_and_their_assets_hold_no_data_without_a_token(dash: Dash) -> 
     assert httpx.get(dash.url + "/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(dash.url + "/ui/../dashboard.py").status_code == 404
     assert httpx.get(dash.url + "/ui/%2e%2e/dashboard.py").status_code == 404
-    for route in ("sites/activity", "cost/timeline", "cost/tags", "deployments/readmission/traffic",
-                  "deployments/readmission/failover", "models/readmission/gates"):  # fmt: skip
+    for route in ("sites/activity", "cost/timeline", "cost/tags", "deployments/malignancy/traffic",
+                  "deployments/malignancy/failover", "models/malignancy/gates"):  # fmt: skip
         assert httpx.get(f"{dash.url}/api/v1/{route}").status_code == 401, route
 
 
@@ -411,19 +411,19 @@ def _cli_logs(dash: Dash, run_id: str) -> list[str]:
 def test_models_page_matches_models_show(page: Any, dash: Dash) -> None:
     sign_in(page, dash)
     visit(page, dash, "models", "models")
-    model = dash.cli("models", "show", "readmission")
+    model = dash.cli("models", "show", "malignancy")
     for alias, version in model["aliases"].items():
-        assert text(page, f"model-alias-readmission-{alias}").endswith(f"→ v{version}")
+        assert text(page, f"model-alias-malignancy-{alias}").endswith(f"→ v{version}")
     for v in model["versions"]:
         for key, value in v["metrics"].items():
-            assert text(page, f"model-metric-readmission-{v['version']}-{key}") == metric(value)
-        assert set(text(page, f"model-replicas-readmission-{v['version']}").split()) == set(v["replicas"])
+            assert text(page, f"model-metric-malignancy-{v['version']}-{key}") == metric(value)
+        assert set(text(page, f"model-replicas-malignancy-{v['version']}").split()) == set(v["replicas"])
         # the production version passes its own gate; the older one would fail the "no worse than production" clause
-        gate = text(page, f"model-gate-readmission-{v['version']}-production")
+        gate = text(page, f"model-gate-malignancy-{v['version']}-production")
         passes = v["version"] == model["aliases"]["production"]
         assert ("would pass" if passes else "would fail") in gate
     production = next(v for v in model["versions"] if v["version"] == model["aliases"]["production"])
-    lineage = text(page, f"model-lineage-readmission-{production['version']}")
+    lineage = text(page, f"model-lineage-malignancy-{production['version']}")
     assert production["lineage"]["run_id"] in lineage
     for d in production["lineage"]["datasets"]:
         assert d["ref"] in lineage and d["sha256"][:16] in lineage
@@ -434,16 +434,16 @@ def test_deployments_page_shows_each_replicas_traffic_and_the_failovers(page: An
     sign_in(page, dash)
     visit(page, dash, "deployments", "deployments")
     deployment = dash.cli("deployments", "ls")[0]
-    assert text(page, "deployment-state-readmission") == deployment["state"]
-    assert text(page, "deployment-requests-readmission") == whole(REQUESTS)
-    assert text(page, "deployment-errors-readmission") == "0"
+    assert text(page, "deployment-state-malignancy") == deployment["state"]
+    assert text(page, "deployment-requests-malignancy") == whole(REQUESTS)
+    assert text(page, "deployment-errors-malignancy") == "0"
     by_site = {r["site"]: r["id"] for r in deployment["replicas"]}
     assert set(dash.served_by_site) <= set(by_site)
     for site, replica in by_site.items():  # each replica's own counter = what the gateway said it answered
         assert text(page, f"replica-requests-{replica}") == whole(dash.served_by_site.get(site, 0))
     # the demo killed gcp-europe-west4 mid-traffic: the gateway's ejection or unhealthy mark is in the audit log
     events = dash.cli("audit", "ls", "--action", "gateway.", "--limit", "1000")
-    marks = Counter((e["sites"][0], e["action"]) for e in events if e["subject"] == "readmission")
+    marks = Counter((e["sites"][0], e["action"]) for e in events if e["subject"] == "malignancy")
     assert marks, "the demo's failover left no gateway entry"
     for (site, action), n in marks.items():
         column = {
@@ -451,7 +451,7 @@ def test_deployments_page_shows_each_replicas_traffic_and_the_failovers(page: An
             "gateway.unhealthy": "unhealthy",
             "gateway.readmit": "readmits",
         }
-        assert text(page, f"failover-readmission-{site}-{column[action]}") == str(n)
+        assert text(page, f"failover-malignancy-{site}-{column[action]}") == str(n)
     no_script_errors(page)
 
 

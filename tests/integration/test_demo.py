@@ -97,7 +97,13 @@ def test_the_data_step_matches_the_ledger_the_catalog_and_the_audit_log(demo: De
     refused = [
         e for e in AuditLog(engine, ws.state_dir).entries(action="policy.replicate") if e.outcome == "refused"
     ]
-    assert [e.sites for e in refused] == [("aws-us-east-1",)]
+    assert [e.sites for e in refused] == [("aws-us-east-1",), ("gcp-europe-west4",)]
+    assert data["refused_us"]["rule"] == "default-personal-data-residency" and data["refused_us"]["untouched"]
+    us = get_dataset(engine, "patients-us").latest
+    assert set(us.replicas) == {"aws-us-east-1"} and (eu.rows, us.rows) == (
+        341,
+        228,
+    )  # 569 tumours, split 60/40
     assert "Refused patients-eu → aws-us-east-1 by rule default-personal-data-residency" in demo.stdout
 
 
@@ -145,7 +151,7 @@ def test_the_model_as_the_registry_and_the_audit_log_know_it(demo: Demo) -> None
 
     summary_run, summary_models, ws, engine = demo.step("run"), demo.step("models"), demo.ws, demo.engine
     version = get_version(
-        engine, f"readmission/{summary_models['version']}"
+        engine, f"malignancy/{summary_models['version']}"
     )  # (production moves on in step 8)
     assert version.version == summary_models["version"] == 1 and version.sha256 == summary_models["sha256"]
     assert version.lineage["run_id"] == summary_run["run_id"] == summary_models["run_id"]
@@ -180,7 +186,7 @@ def test_serving_failed_no_request_served_none_abroad_and_is_in_the_ledger(demo:
     assert [e.subject for e in log.entries(action="chaos.kill_site")] == [serving["killed_site"]]
     assert any(e.sites == (serving["killed_site"],) for e in log.entries(action="gateway.unhealthy"))
     with session_scope(engine) as session:
-        hours = [e for e in entries(session, kind="serving") if e.deployment_id == "readmission"]
+        hours = [e for e in entries(session, kind="serving") if e.deployment_id == "malignancy"]
     assert set(serving["sites"]) <= {e.site for e in hours} and all(e.amount_usd > 0 for e in hours)
     assert (
         f"{serving['requests']} EU requests through the gateway" in demo.stdout and "0 failed" in demo.stdout
@@ -194,21 +200,22 @@ def test_drift_reports_the_alert_the_loop_and_the_new_version_agree(demo: Demo) 
 
     monitoring, ws, engine = demo.step("monitoring"), demo.ws, demo.engine
     log = AuditLog(engine, ws.state_dir)
-    stored = {r["site"]: r for r in monitor_status(engine, "readmission")}
+    stored = {r["site"]: r for r in monitor_status(engine, "malignancy")}
     for site, figures in monitoring["reports"].items():
         assert (stored[site]["id"], stored[site]["verdict"], stored[site]["rows"], stored[site]["drifted"]) == (
             figures["id"], figures["verdict"], figures["rows"], figures["drifted"])  # fmt: skip
     assert (
-        stored["onprem-frankfurt"]["drifted"] == ["glucose"] and stored["gcp-europe-west4"]["verdict"] == "ok"
+        stored["onprem-frankfurt"]["drifted"] == ["mean_texture"]
+        and stored["gcp-europe-west4"]["verdict"] == "ok"
     )
-    assert [(a["kind"], a["site"]) for a in list_alerts(engine, "readmission")] == [
+    assert [(a["kind"], a["site"]) for a in list_alerts(engine, "malignancy")] == [
         ("drift", "onprem-frankfurt")
     ]
     loop = monitoring["loop"]
     assert loop["stage"] == "rolled-out" and monitoring["version_after"] == loop["version"] == 2
-    retrained = get_version(engine, f"readmission/{loop['version']}")
+    retrained = get_version(engine, f"malignancy/{loop['version']}")
     assert retrained.lineage["run_id"] == loop["run_id"] and retrained.home_site != "aws-us-east-1"
-    assert get_version(engine, "readmission@production").version == loop["version"]
+    assert get_version(engine, "malignancy@production").version == loop["version"]
     steps = ("monitor.", "trigger.", "model.promote", "deployment.")
     trail = [e.action for e in log.entries() if e.action.startswith(steps)]
     assert trail[-9:-1] == ["monitor.drift", "monitor.drift", "monitor.alert", "trigger.fire", "model.promote",
@@ -249,17 +256,17 @@ def test_keep_running_leaves_the_model_served_behind_a_gateway(demo: Demo) -> No
     assert token not in demo.stdout and oct(Path(kept["token_file"]).stat().st_mode & 0o777) == "0o600"
     from archipel.services.models import get_version
 
-    names = get_version(demo.engine, "readmission@production").signature["feature_names"]
+    names = get_version(demo.engine, "malignancy@production").signature["feature_names"]
     body = {
         "inputs": [
             {"name": "input", "shape": [1, len(names)], "datatype": "FP32", "data": [0.0] * len(names)}
         ]
     }
     eu = {"Authorization": f"Bearer {token}", "X-Archipel-Origin": "EU"}
-    answer = httpx.post(f"{kept['url']}/v2/models/readmission/infer", json=body, headers=eu, timeout=10)
+    answer = httpx.post(f"{kept['url']}/v2/models/malignancy/infer", json=body, headers=eu, timeout=10)
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-archipel-site"] in ("onprem-frankfurt", "gcp-europe-west4")
-    assert httpx.post(f"{kept['url']}/v2/models/readmission/infer", json=body, timeout=10).status_code == 401
+    assert httpx.post(f"{kept['url']}/v2/models/malignancy/infer", json=body, timeout=10).status_code == 401
     # the control plane's API (and dashboard) too, read with the same token
     runs = httpx.get(
         f"{kept['dashboard_url']}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=10

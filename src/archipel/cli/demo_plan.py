@@ -16,7 +16,7 @@ __all__ = ["DEMO_PIPELINE", "plan_step"]
 
 DEMO_PIPELINE = PipelineSpec.model_validate(
     {
-        "name": "readmission",
+        "name": "malignancy",
         "tags": {"team": "research"},
         "steps": {
             "prepare": {
