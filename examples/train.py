@@ -1,4 +1,4 @@
-"""Train a malignancy classifier (breast-cancer records) with checkpoints: the same script runs on every site and backend.
+"""Train a malignancy classifier on breast-cancer records, with checkpoints: the same script runs on every site.
 
 Launched by archipel (``archipel run examples/train.yaml``): the input is read from the site's storage, the
 model state is checkpointed when the spec's interval is due, and a recovered attempt resumes from the last

@@ -1,6 +1,7 @@
-"""The demo's monitoring step: requests at one EU site drift (the nuclei's mean texture up by one standard deviation, as a recalibrated scanner would shift it), a drift job at
-each site finds it there and only there, and the trigger closes the loop: the pipeline retrains where the patients
-may be, the new version meets the production gate and rolls out to the deployment."""
+"""The demo's monitoring step: requests at one EU site drift (the nuclei's mean texture up by one standard
+deviation, as a recalibrated scanner would shift it), a drift job at each site finds it there and only there, and the
+trigger closes the loop: the pipeline retrains where the patients may be, the new version meets the production gate
+and rolls out to the deployment."""
 
 from __future__ import annotations
 

@@ -31,11 +31,11 @@ MEAN_FEATURES = (
     "mean_symmetry",
     "mean_fractal_dimension",
 )
-"""The ten ``mean_*`` measurements (of 30: each also has an ``_error`` and a ``worst_``): what the demo's model reads."""
+"""The ten ``mean_*`` measurements (of 30: each also has ``_error`` and ``worst_``): what the demo's model reads."""
 
 
 def feature_names() -> list[str]:
-    """The 30 measurements as CSV columns: ``mean_radius`` ... ``worst_fractal_dimension`` (scikit-learn's, snake_case)."""
+    """The 30 measurements as CSV columns, scikit-learn's names in snake_case (``mean_radius`` ...)."""
     from sklearn.datasets import load_breast_cancer
 
     return [str(name).replace(" ", "_") for name in load_breast_cancer().feature_names]
