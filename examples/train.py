@@ -21,7 +21,10 @@ FEATURES = [  # the ten mean_* measurements of the cell nuclei
     "mean_radius", "mean_texture", "mean_perimeter", "mean_area", "mean_smoothness",
     "mean_compactness", "mean_concavity", "mean_concave_points", "mean_symmetry", "mean_fractal_dimension",
 ]  # fmt: skip
-STATE = ("coef_", "intercept_", "t_", "classes_", "n_iter_", "n_features_in_", "_expanded_class_weight")
+STATE = (  # what the model has learned so far: a resumed attempt continues exactly where this one stopped
+    "coef_", "intercept_", "t_", "classes_", "n_iter_", "n_features_in_", "_expanded_class_weight",
+    "_average_coef", "_average_intercept", "_standard_coef", "_standard_intercept",
+)  # fmt: skip
 BATCH = 64
 
 ctx = archipel.job.context()
@@ -35,9 +38,12 @@ X = scaler.transform(raw)
 y = table["malignant"].to_numpy().astype(np.int64)
 steps = int(os.environ.get("TRAIN_STEPS", "200"))
 pause = float(os.environ.get("STEP_SECONDS", "0"))
-ctx.log_params({"model": "SGDClassifier", "loss": "log_loss", "steps": steps, "batch": BATCH})
+ctx.log_params(
+    {"model": "SGDClassifier", "loss": "log_loss", "average": True, "steps": steps, "batch": BATCH}
+)
 
-model = SGDClassifier(loss="log_loss", shuffle=False, random_state=0, alpha=1e-4)
+# averaged SGD: the mean of the weights over the steps, steadier than the last step's
+model = SGDClassifier(loss="log_loss", shuffle=False, random_state=0, alpha=1e-3, average=True)
 state = ctx.checkpoint.load()
 start = 0
 if state is not None:  # resume: the model's learned state and the next step

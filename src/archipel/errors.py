@@ -9,7 +9,8 @@
     │   ├── Conflict                  the thing exists already / changed under us / lease held
     │   ├── PolicyViolation           a policy refuses the action (carries rule + reason)
     │   ├── Unauthorized              no or bad credentials
-    │   └── Forbidden                 credentials lack the scope
+    │   ├── Forbidden                 credentials lack the scope
+    │   └── TooLarge                  a request's body is beyond what the server takes
     └── BackendError                  a site, store or engine failed; often transient
         ├── StorageError              a storage backend failed
         │   └── IntegrityError        bytes do not match their sha256
@@ -42,6 +43,7 @@ __all__ = [
     "SiteUnavailable",
     "SpecError",
     "StorageError",
+    "TooLarge",
     "TransferFailed",
     "Unauthorized",
     "UserError",
@@ -94,6 +96,10 @@ class Forbidden(UserError):
     """Valid credentials whose scope does not allow the action."""
 
 
+class TooLarge(UserError):
+    """A request's body (an uploaded file or folder) is larger than the server takes."""
+
+
 class BackendError(ArchipelError):
     """A site, store or engine failed; often transient and worth a retry elsewhere."""
 
@@ -136,6 +142,7 @@ HTTP_STATUS: dict[type[ArchipelError], int] = {
     PolicyViolation: 403,
     Unauthorized: 401,
     Forbidden: 403,
+    TooLarge: 413,
     BackendError: 502,
     NoCapacity: 503,
     SiteUnavailable: 503,

@@ -228,7 +228,7 @@ def test_the_cli_runs_against_the_control_plane_with_archipel_url(server: Server
     low = _remote(server, "tokens", "ls")
     assert low.returncode != 0 and "needs admin" in low.stderr
     assert "ARCHIPEL_TOKEN is not" in _remote(server, "runs", "ls", token=None).stderr
-    local_only = _remote(server, "run", "job.yaml")
+    local_only = _remote(server, "chaos", "kill-site", "onprem-frankfurt")
     assert local_only.returncode != 0 and "works on a local workspace only" in local_only.stderr
     made = _remote(server, "tokens", "create", "--scope", "read", "--name", "remote", token="admin")
     assert made.returncode == 0, made.stderr
@@ -354,6 +354,9 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
                 "POST /api/v1/deployments/{name}/rollback",
                 "POST /api/v1/deployments/{name}/down",
                 "POST /api/v1/deployments",  # an update on the copy would roll the demo's replicas (see the test above)
+                # uploads: tests/api/test_uploads.py sends real files (checked against this document by the server)
+                "POST /api/v1/datasets/{name}/versions",
+                "POST /api/v1/runs",
             }
         )
         # and the answers are still the CLI's --json
@@ -395,17 +398,20 @@ def test_a_deployment_started_and_stopped_through_the_control_plane(server: Serv
     """`archipel deploy FILE` and `deployments down` against ARCHIPEL_URL: the spec read (and checked) here, the
     replicas started by the control plane, answering; a deploy token is needed."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    from archipel.data.samples import LABEL, MEAN_FEATURES
     from archipel.db import connect
     from archipel.registry.convert import convert
     from archipel.services.data import read_dataset
     from archipel.services.models import promote, register_version
 
-    features = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
+    features = list(MEAN_FEATURES)
     engine = connect(server.ws.db_url)
     table = read_dataset(server.ws, engine, "patients-eu")
     rows = __import__("numpy").column_stack([table.column(f).to_numpy() for f in features]).astype("float32")
-    model = LogisticRegression(max_iter=500).fit(rows, table.column("readmitted").to_numpy())
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(rows, table.column(LABEL).to_numpy())
     version = register_version(server.ws, engine, "remote", convert(model, rows[:32], feature_names=features),
                                site="onprem-frankfurt", datasets=["patients-eu"])  # fmt: skip
     promote(server.ws, engine, "remote", version.version, gates=[])

@@ -1,11 +1,12 @@
 """The REST API: one FastAPI app over the services (``archipel.services``), no business logic of its own.
 
 Every route but ``/api/health`` needs a bearer token (``Authorization: Bearer arch_...``): 401 without a valid one
-(with ``WWW-Authenticate: Bearer``), 403 when its scope is below the route's. Reading needs ``read``; acting on runs,
-models and deployments ``deploy``; tokens ``admin``. Errors are JSON ``{"error": ..., "kind": ...}`` with the status
-of their kind: 400 a bad spec or argument, 404 a missing thing, 409 a conflict, a policy refusal (with its rule) or
-no site that can take the work, 503 a site or backend that failed. Tokens are read from the header only, never from
-the URL, and never logged.
+(with ``WWW-Authenticate: Bearer``), 403 when its scope is below the route's. Reading needs ``read``; acting on
+data, runs, models and deployments ``deploy``; tokens ``admin``. Errors are JSON ``{"error": ..., "kind": ...}``
+with the status of their kind: 400 a bad spec or argument, 404 a missing thing, 409 a conflict, a policy refusal
+(with its rule) or no site that can take the work, 413 an upload beyond the server's limit, 503 a site or backend
+that failed. Files (a dataset's version, a job's folder) are the bodies of the routes in ``archipel.api.uploads``.
+Tokens are read from the header only, never from the URL, and never logged.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from archipel.errors import (
     NotFound,
     PolicyViolation,
     SpecError,
+    TooLarge,
     Unauthorized,
 )
 from archipel.models.deployment import DeploymentSpec
@@ -73,7 +75,7 @@ SCOPE_KEY = "x-archipel-scope"
 
 STATUS: list[tuple[type[ArchipelError], int]] = [
     (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (PolicyViolation, 409), (Conflict, 409),
-    (NoCapacity, 409),
+    (NoCapacity, 409), (TooLarge, 413),
     (SpecError, 400), (BackendError, 503), (ArchipelError, 400),
 ]  # fmt: skip
 """The first class an error is an instance of gives its status."""
@@ -183,8 +185,9 @@ def guard(
 
     def wrap(func: Callable[..., Any]) -> Any:
         responses = {**ERRORS, **kwargs.pop("responses", {})}
+        extra = {**kwargs.pop("openapi_extra", {}), SCOPE_KEY: scope}
         return router.api_route(path, methods=[method], dependencies=[Depends(need(scope))], responses=responses,
-                                openapi_extra={SCOPE_KEY: scope}, **kwargs)(func)  # fmt: skip
+                                openapi_extra=extra, **kwargs)(func)  # fmt: skip
 
     return wrap
 
@@ -514,6 +517,8 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         return list_alerts(engine, deployment, limit)
 
     from archipel.api.dashboard import mount
+    from archipel.api.uploads import router as uploads
 
+    app.include_router(uploads)
     mount(app)
     return app

@@ -45,6 +45,7 @@ __all__ = [
     "AuditVerifyOut",
     "CancelOut",
     "CostReportOut",
+    "DatasetAddOut",
     "DatasetOut",
     "DecisionOut",
     "DeploymentOut",
@@ -186,6 +187,11 @@ class DatasetVersionOut(Out):
     erased_at: Timestamp | None
     replicas: dict[str, DatasetReplicaOut]
     """Site → its copy."""
+
+
+class DatasetAddOut(DatasetVersionOut):
+    created: bool
+    """False when the file was the latest version already: nothing was stored."""
 
 
 class DatasetOut(Out):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from archipel.errors import (
@@ -23,13 +25,47 @@ from archipel.errors import (
     NotFound,
     PolicyViolation,
     SpecError,
+    TooLarge,
     Unauthorized,
 )
 
 __all__ = ["COMMANDS", "LOCAL", "call", "invocation", "remote_url", "run_remote"]
 
 Call = tuple[str, str, dict[str, Any] | None, Any]
-"""(method, path, query, JSON body)."""
+"""(method, path, query, body): a JSON body, or an :class:`Upload` sent as it is."""
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A body sent as raw bytes: a file streamed from disk, or bytes made here."""
+
+    path: Path | None = None
+    data: bytes = b""
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.path is None:
+            yield self.data
+            return
+        with self.path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+
+
+def _data_add(p: dict[str, Any]) -> Call:
+    path: Path = p["path"]
+    if not path.is_file():
+        raise NotFound(f"no file {path}")
+    if path.suffix.lower() not in FORMATS:
+        raise SpecError(f"{path}: unsupported format {path.suffix or '(none)'!r}; use .csv or .parquet")
+    query = {"format": FORMATS[path.suffix.lower()], "site": p["site"], "classification": p["classification"],
+             "jurisdiction": p["jurisdiction"], "description": p["description"], "filename": path.name}  # fmt: skip
+    return (
+        "POST",
+        f"/api/v1/datasets/{p['name']}/versions",
+        {k: v for k, v in query.items() if v},
+        Upload(path),
+    )
 
 
 def _plan(p: dict[str, Any]) -> Call:
@@ -78,12 +114,14 @@ COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
     ("offers",): lambda p: ("GET", "/api/v1/offers",
                             {"cpus": p["cpus"], "memory_gib": p["memory"], "spot": p["spot"], "limit": p["limit"]},
                             None),
+    ("data", "add"): _data_add,
     ("data", "ls"): lambda p: ("GET", "/api/v1/datasets", None, None),
     ("data", "show"): lambda p: ("GET", f"/api/v1/datasets/{p['name']}", None, None),
     ("policy", "check"): lambda p: ("GET", "/api/v1/policy/check",
                                     {"data": p["data"], "site": p["site"], "action": p["action"],
                                      **({"origin": p["origin"]} if p["origin"] else {})}, None),
     ("plan",): _plan,
+    ("run",): lambda p: ("POST", "/api/v1/runs", None, None),  # run_remote packs the folder and follows (_run)
     ("runs", "ls"): lambda p: ("GET", "/api/v1/runs", {"limit": p["limit"]}, None),
     ("runs", "show"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}", None, None),
     ("runs", "logs"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}/logs",
@@ -115,7 +153,7 @@ LOCAL: set[tuple[str, ...]] = {("init",), ("demo",), ("version",), ("schema",), 
 """Commands that run here whatever ARCHIPEL_URL says: they make or serve a workspace, or read none."""
 
 KINDS: dict[str, type[ArchipelError]] = {cls.__name__: cls for cls in (
-    Unauthorized, Forbidden, NotFound, PolicyViolation, Conflict, SpecError, BackendError)}  # fmt: skip
+    Unauthorized, Forbidden, NotFound, PolicyViolation, Conflict, SpecError, TooLarge, BackendError)}  # fmt: skip
 
 
 def remote_url() -> str | None:
@@ -132,9 +170,14 @@ def call(method: str, path: str, query: dict[str, Any] | None = None, body: Any 
         raise Unauthorized(
             "ARCHIPEL_URL is set but ARCHIPEL_TOKEN is not: create one with `archipel tokens create`"
         )
+    headers = {"Authorization": f"Bearer {token}"}
+    if isinstance(body, Upload):
+        send: dict[str, Any] = {"content": body.chunks()}
+        headers["Content-Type"] = "application/octet-stream"
+    else:
+        send = {"json": body}
     try:
-        answer = httpx.request(method, f"{url}{path}", params=query, json=body, timeout=120,
-                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        answer = httpx.request(method, f"{url}{path}", params=query, timeout=120, headers=headers, **send)
     except httpx.TransportError as err:
         raise BackendError(f"the control plane at {url} does not answer: {err}") from None
     _raise_for(answer)
@@ -159,8 +202,9 @@ def _raise_for(answer: Any) -> None:
     raise kind(message)
 
 
-def _follow(run_id: str, step: str | None) -> None:
-    """``runs logs -f``: the API's stream of the run's output, printed as it comes, until the run has ended."""
+def _follow(run_id: str, step: str | None, *, quiet: bool = False, timeout: float | None = None) -> bool:
+    """``runs logs -f``: the API's stream of the run's output, printed as it comes (unless ``quiet``), until the run
+    has ended; False when ``timeout`` seconds passed without a line first."""
     import httpx
 
     from archipel.cli import render_runs
@@ -169,14 +213,84 @@ def _follow(run_id: str, step: str | None) -> None:
     headers = {"Authorization": f"Bearer {os.environ.get('ARCHIPEL_TOKEN', '')}"}
     try:
         with httpx.stream("GET", f"{remote_url()}/api/v1/runs/{run_id}/logs/stream", params=query,
-                          headers=headers, timeout=httpx.Timeout(30, read=None)) as answer:  # fmt: skip
+                          headers=headers, timeout=httpx.Timeout(30, read=timeout)) as answer:  # fmt: skip
             _raise_for(answer)  # an unknown run or a refused token, said as for any command
             for line in answer.iter_lines():
-                if line:
+                if line and not quiet:
                     item = json.loads(line)
                     render_runs.log_lines(item["step"], item["attempt"], item["line"])
+    except httpx.ReadTimeout:
+        return False
     except httpx.HTTPError as err:
         raise BackendError(f"the log stream from {remote_url()} broke: {err}") from None
+    return True
+
+
+def pack(folder: Path) -> bytes:
+    """The job's folder as a gzip'd tar: the files a local run would snapshot (``launch.job_files``)."""
+    import io
+    import tarfile
+
+    from archipel.executor.launch import job_files
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path, rel in job_files(folder):
+            tar.add(path, arcname=rel.as_posix(), recursive=False)
+    return buffer.getvalue()
+
+
+def _run(p: dict[str, Any]) -> None:
+    """``archipel run FILE`` against the control plane: the spec checked here (file:line), the plan shown and
+    confirmed as locally, the folder sent, the run followed through its log stream unless ``--detach``."""
+    import sys
+
+    import typer
+
+    from archipel.cli import render
+    from archipel.cli.common import print_json
+    from archipel.services.plan import load_plan_spec
+
+    spec: Path | None = p["spec"]
+    if p["plan_file"] is not None:
+        raise SpecError(
+            "--plan runs a plan saved from this workspace; against ARCHIPEL_URL give the spec file"
+        )
+    if spec is None:
+        raise SpecError("give a job or pipeline file")
+    pipeline = load_plan_spec(spec)  # the file's errors with file:line, before anything is sent
+    body = Upload(data=pack(spec.resolve().parent))
+    if not p["yes"] and not p["as_json"] and sys.stdin.isatty():
+        planned = call("POST", "/api/v1/plans", None, pipeline.model_dump(mode="json", exclude_defaults=True))
+        render.records(planned, title="plan")
+        if not typer.confirm("Launch?", default=True):
+            raise typer.Exit(1)
+    run = call("POST", "/api/v1/runs", {"spec": spec.name, "cache": p["cache"]}, body)
+    if p["detach"]:
+        if p["as_json"]:
+            print_json({"run_id": run["id"], "server_started": False})
+        else:
+            render.console().print(f"Submitted [bold]{run['id']}[/] to {remote_url()}. "
+                                   f"Follow it with: archipel runs logs {run['id']} -f")  # fmt: skip
+        return
+    if not p["as_json"]:
+        render.console().print(f"Submitted [bold]{run['id']}[/] to {remote_url()}; following it.")
+    _follow(run["id"], None, quiet=p["as_json"], timeout=p["timeout"] or None)
+    view = call("GET", f"/api/v1/runs/{run['id']}")
+    if p["as_json"]:
+        print_json(view)
+    else:
+        keep = ("step", "state", "site", "offer", "spot", "recoveries", "cached_from", "message")
+        render.records([{k: step[k] for k in keep} for step in view["steps"]], title=f"run {view['id']}")
+        render.console().print(f"Run {view['id']} {view['state']}: cost ${view['cost_usd']:.6f} "
+                               f"(planned ${view['planned_usd']:.4f})")  # fmt: skip
+        last = {
+            m["key"]: m for m in view["metrics"] if isinstance(m["value"], int | float)
+        }  # the latest of each
+        if last:
+            render.console().print("Metrics: " + ", ".join(f"{k}={m['value']:.4g}" for k, m in last.items()))
+    if view["state"] != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 def invocation(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
@@ -218,6 +332,9 @@ def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
                         f"run against the control plane: {usable}")  # fmt: skip
     if path == ("runs", "logs") and params.get("follow"):
         _follow(params["run_id"], params["step"])
+        return
+    if path == ("run",):
+        _run(params)
         return
     answer = call(*COMMANDS[path](params))
     if params.get("as_json"):

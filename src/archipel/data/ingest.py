@@ -62,14 +62,16 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def ingest_file(path: Path) -> Ingested:
-    """Read ``path`` (``.csv``, ``.parquet``/``.pq``) and return its Parquet bytes, identity and schema."""
+def ingest_file(path: Path, *, shown: str | None = None) -> Ingested:
+    """Read ``path`` (``.csv``, ``.parquet``/``.pq``) and return its Parquet bytes, identity and schema; errors name
+    the file as ``shown`` (default: ``path``)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    name = shown or str(path)
     if not path.is_file():
-        raise NotFound(f"no file {path}")
+        raise NotFound(f"no file {name}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
@@ -77,11 +79,12 @@ def ingest_file(path: Path) -> Ingested:
         elif suffix in (".parquet", ".pq"):
             table = pq.read_table(path)
         else:
-            raise SpecError(f"{path}: unsupported format {suffix or '(none)'!r}; use .csv or .parquet")
+            raise SpecError(f"{name}: unsupported format {suffix or '(none)'!r}; use .csv or .parquet")
     except pa.ArrowInvalid as exc:
-        raise SpecError(f"{path}: cannot be read as {suffix[1:].upper()}: {exc}") from exc
+        detail = str(exc).replace(str(path), name)  # pyarrow names the path it opened
+        raise SpecError(f"{name}: cannot be read as {suffix[1:].upper()}: {detail}") from exc
     if table.num_columns == 0:
-        raise SpecError(f"{path}: no columns")
+        raise SpecError(f"{name}: no columns")
     table = table.replace_schema_metadata(None)  # pandas/arrow metadata would make identical data hash apart
     data = parquet_bytes(table)
     return Ingested(data, hashlib.sha256(data).hexdigest(), table.num_rows, schema_of(table))

@@ -20,6 +20,7 @@ __all__ = [
     "cache_key",
     "code_hash",
     "code_snapshot",
+    "job_files",
     "launch_module",
     "pinned_model",
     "pinned_version",
@@ -30,8 +31,9 @@ _SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modul
 _MAX_CODE_BYTES = 100 * 2**20
 
 
-def _files(source: Path) -> list[tuple[Path, Path]]:
-    """``(path, relative path)`` of the job's files, sorted; UserError beyond 100 MiB."""
+def job_files(source: Path) -> list[tuple[Path, Path]]:
+    """``(path, relative path)`` of the job's files (what a run snapshots and a remote run uploads), sorted;
+    UserError beyond 100 MiB."""
     found, total = [], 0
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
@@ -53,13 +55,13 @@ def _tree_hash(pairs: list[tuple[Path, bytes]]) -> str:
 
 def code_hash(source: Path) -> str:
     """The tree hash :func:`code_snapshot` would return for ``source``, without copying."""
-    return _tree_hash([(rel, path.read_bytes()) for path, rel in _files(source)])
+    return _tree_hash([(rel, path.read_bytes()) for path, rel in job_files(source)])
 
 
 def code_snapshot(source: Path, dest: Path) -> str:
     """Copy the job's folder (without VCS, caches and archipel's state) to ``dest``; return its tree hash."""
     pairs = []
-    for path, rel in _files(source):
+    for path, rel in job_files(source):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

@@ -272,6 +272,6 @@ class PipelineSpec(StrictModel):
 
     @classmethod
     def of_job(cls, job: JobSpec) -> PipelineSpec:
-        """A one-step pipeline, so the planner handles jobs and pipelines alike."""
+        """A one-step pipeline, so the planner handles jobs and pipelines alike; the job's tags are the run's."""
         fields = {field: getattr(job, field) for field in _JobFields.model_fields}  # instances, not re-parsed
-        return cls(name=job.name, steps={job.name: StepSpec(**fields)})
+        return cls(name=job.name, steps={job.name: StepSpec(**fields)}, tags=dict(job.tags))

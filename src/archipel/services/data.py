@@ -250,8 +250,10 @@ def add_dataset(
     classification: str | None = None,
     jurisdiction: str | None = None,
     description: str = "",
+    source: str | None = None,
 ) -> AddReport:
-    """Ingest ``path`` as the next version of ``name`` at its home site, if the policy lets it be stored there."""
+    """Ingest ``path`` as the next version of ``name`` at its home site, if the policy lets it be stored there.
+    ``source`` says where the file came from, in the version's record and in errors (default: ``path``)."""
     ref = parse_ref(name)
     if ref.version is not None:
         raise SpecError(f"versions are assigned by archipel; add to {ref.name!r}, not {name!r}")
@@ -282,7 +284,7 @@ def add_dataset(
     if classification not in CLASSIFICATIONS:
         raise SpecError(f"unknown classification {classification!r}; use one of {', '.join(CLASSIFICATIONS)}")
     workspace.site(site)  # NotFound lists the sites
-    ingested = ingest_file(path)
+    ingested = ingest_file(path, shown=source)
     if existing is not None and existing.latest is not None and existing.latest.sha256 == ingested.sha256:
         return AddReport(existing.latest, created=False)  # nothing will be stored: nothing to decide
     audit = _audit(workspace, engine)
@@ -329,7 +331,7 @@ def add_dataset(
             bytes=len(ingested.data),
             rows=ingested.rows,
             columns=ingested.columns,
-            source=str(path),
+            source=source or str(path),
             key=key,
         )
         session.add(row)
@@ -342,7 +344,7 @@ def add_dataset(
         subject=f"{ref.name}@v{number}",
         sites=[site],
         outcome="done",
-        reason=f"ingested {path.name}: {ingested.rows} rows, {len(ingested.data)} bytes as Parquet",
+        reason=f"ingested {Path(source or path).name}: {ingested.rows} rows, {len(ingested.data)} bytes as Parquet",
         details={"sha256": ingested.sha256, "classification": classification, "jurisdiction": jurisdiction},
     )
     return AddReport(

@@ -40,13 +40,17 @@ DEFAULT_OUTPUT_BYTES = {"dataset": 1 * 2**30, "artifact": 100 * 2**20}
 UNHEALTHY = ("degraded", "unreachable")
 
 
-def load_plan_spec(path: Path) -> PipelineSpec:
-    """A job or pipeline YAML file (a pipeline has ``steps:``), with file:line errors."""
+def load_plan_spec(path: Path, *, shown: str | None = None) -> PipelineSpec:
+    """A job or pipeline YAML file (a pipeline has ``steps:``), with file:line errors naming it ``shown`` (default:
+    ``path``)."""
+    name = shown or str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(f"{path}: file not found", location=str(path)) from None
-    data, positions = load_yaml(text, str(path))
+        raise SpecError(f"{name}: file not found", location=name) from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{name}: not UTF-8 text", location=name) from None
+    data, positions = load_yaml(text, name)
     if isinstance(data, dict) and "steps" in data:
         return parse_model(data, positions, PipelineSpec)
     return PipelineSpec.of_job(parse_model(data, positions, JobSpec))
