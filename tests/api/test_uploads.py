@@ -162,6 +162,12 @@ def test_broken_and_oversized_files_are_refused_naming_the_users_file(remote: Re
                           **query)  # fmt: skip
     for answer in (declared, chunked):
         assert answer.status_code == 413 and answer.json()["kind"] == "TooLarge", answer.text
+    png = remote.post("/api/v1/datasets/png/versions", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", **query)
+    assert png.status_code == 400 and "not UTF-8" in png.json()["error"]  # a header pyarrow cannot name
+    allow = httpx.request(
+        "OPTIONS", remote.url + "/api/v1/runs"
+    )  # GET in the app, POST in the uploads router
+    assert allow.status_code == 405 and allow.headers["allow"] == "GET, POST"
     empty = remote.post("/api/v1/datasets/empty/versions", b"", **query)
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
     assert remote.local("data", "show", "big").returncode != 0

@@ -152,6 +152,17 @@ def _same_path(route: Any, path: str) -> bool:
     return bool(regex and regex.match(path))
 
 
+def _every_route(routes: list[Any]) -> Iterator[Any]:
+    """The routes of the app and of the routers it includes (FastAPI >= 0.16x keeps an included router as one entry
+    of ``app.routes``, not its routes copied in; none is included with a prefix here)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _every_route(inner)
+        else:
+            yield route
+
+
 def _close_pattern_properties(node: Any) -> None:
     """pydantic says which keys a dict takes with ``patternProperties`` and rejects the others: say so."""
     if isinstance(node, dict):
@@ -239,7 +250,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         405 lists every method the path takes (each method is its own route, so Starlette names only one)."""
         headers = dict(err.headers or {})
         if err.status_code == 405:
-            routes = [r for r in app.routes if _same_path(r, request.url.path)]
+            routes = [r for r in _every_route(app.routes) if _same_path(r, request.url.path)]
             methods = {m for r in routes for m in getattr(r, "methods", ())}
             headers["Allow"] = ", ".join(sorted(methods - {"HEAD"}))
         return JSONResponse({"error": str(err.detail), "kind": "HTTPError"}, status_code=err.status_code,

@@ -85,6 +85,10 @@ def ingest_file(path: Path, *, shown: str | None = None) -> Ingested:
         raise SpecError(f"{name}: cannot be read as {suffix[1:].upper()}: {detail}") from exc
     if table.num_columns == 0:
         raise SpecError(f"{name}: no columns")
+    try:
+        table.schema.names  # noqa: B018 (pyarrow decodes the names here: a CSV header may not be UTF-8)
+    except UnicodeDecodeError:
+        raise SpecError(f"{name}: its column names are not UTF-8 text") from None
     table = table.replace_schema_metadata(None)  # pandas/arrow metadata would make identical data hash apart
     data = parquet_bytes(table)
     return Ingested(data, hashlib.sha256(data).hexdigest(), table.num_rows, schema_of(table))
