@@ -1,8 +1,8 @@
-"""The two commands that send files, against a remote control plane: `archipel data add` (the data file) and
-`archipel run` (the job's folder), through `archipel server --port 0` as a process. What arrives is what a local
-command would have ingested or snapshotted, the policies decide as locally, broken or oversized bodies are refused
-with a message that names the user's file (not the server's scratch folder), nothing is left behind in that folder,
-and an archive cannot write outside its root."""
+"""The commands that send files or move data, against a remote control plane: `archipel data add` (the data file),
+`archipel run` (the job's folder) and `archipel data replicate`, through `archipel server --port 0` as a process.
+What arrives is what a local command would have ingested or snapshotted, the policies decide as locally, broken or
+oversized bodies are refused with a message that names the user's file (not the server's scratch folder), nothing is
+left behind in that folder, and an archive cannot write outside its root."""
 
 from __future__ import annotations
 
@@ -296,3 +296,31 @@ def _info(name: str, *, size: int = 0, kind: bytes = tarfile.REGTYPE, target: st
     info = tarfile.TarInfo(name)
     info.type, info.size, info.linkname = kind, size, target
     return info
+
+
+def test_replicating_data_and_checking_sites_from_the_control_plane(remote: Remote) -> None:
+    """`data replicate` and `sites check` against ARCHIPEL_URL: the same policy decisions, transfers and exit codes as
+    on the workspace itself."""
+    _add(remote, "patients-eu", "patients-eu.csv", "--site", "onprem-frankfurt", "--classification", "phi")
+    copied = remote.cli("data", "replicate", "patients-eu", "--to", "gcp-europe-west4", "--json")
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    version = json.loads(remote.local("data", "show", "patients-eu", "--json").stdout)["versions"][-1]
+    assert report["ref"] == version["ref"] and report["bytes_moved"] == version["bytes"] > 0
+    assert set(version["replicas"]) == {"onprem-frankfurt", "gcp-europe-west4"}
+    again = json.loads(
+        remote.cli("data", "replicate", "patients-eu@v1", "--to", "gcp-europe-west4", "--json").stdout
+    )
+    assert again["bytes_moved"] == 0 and again["already_present"] is True
+    refused = remote.cli("data", "replicate", "patients-eu", "--to", "aws-us-east-1")
+    local = remote.local("data", "replicate", "patients-eu", "--to", "aws-us-east-1")
+    assert refused.returncode == local.returncode == 5 and "default-personal-data-residency" in refused.stderr
+    assert not list(remote.ws.storage("aws-us-east-1").list("datasets/patients-eu/"))
+    assert (
+        remote.cli("data", "replicate", "patients-eu", "--to", "aws-us-east-1", token="read").returncode != 0
+    )
+    checked = remote.cli("sites", "check", "--json", "--timeout", "20")
+    assert checked.returncode == 0, checked.stderr
+    assert {r["site"]: r["health"] for r in json.loads(checked.stdout)} == {
+        site: "healthy" for site in remote.ws.spec.sites
+    }

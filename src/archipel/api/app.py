@@ -41,6 +41,7 @@ from archipel.api.schemas import (
     OfferOut,
     PlanOut,
     PromotionOut,
+    ReplicatedOut,
     RunLogsOut,
     RunOut,
     SiteCheckOut,
@@ -129,6 +130,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class CheckSites(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sites: list[str] | None = Field(default=None, description="Sites to check (default: all).")
+    timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds to wait for each site's probe process."
+    )
+
+
+class Replicate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(pattern=NAME, description="The destination site.")
+    version: int | None = Field(default=None, ge=1, description="Default: the latest.")
+    streams: int = Field(default=4, ge=1, le=64, description="Parallel streams.")
 
 
 class Promote(BaseModel):
@@ -274,7 +285,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         """Check sites for real: a probe written, read and deleted in storage, a process run on compute."""
         from archipel.services.sites import check_sites
 
-        return [r.as_json() for r in check_sites(workspace, engine, body.sites)]
+        return [r.as_json() for r in check_sites(workspace, engine, body.sites, timeout_s=body.timeout_s)]
 
     @route("GET", "/api/v1/offers", "read", tags=["sites"])
     def offers(
@@ -303,6 +314,15 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         from archipel.services.data import get_dataset
 
         return get_dataset(engine, name).as_json()
+
+    @route("POST", "/api/v1/datasets/{name}/replicas", "deploy", tags=["data"])
+    def replicate(name: Name, body: Replicate) -> ReplicatedOut:
+        """Copy a version (the latest unless ``version``) to a site: refused before a byte moves unless the policies
+        allow it there, verified end to end, its egress in the ledger; nothing moves when a verified copy is there."""
+        from archipel.services.data import replicate_dataset
+
+        ref = f"{name}@v{body.version}" if body.version else name
+        return replicate_dataset(workspace, engine, ref, body.to, streams=body.streams).as_json()
 
     @route("GET", "/api/v1/policy/check", "read", tags=["data"])
     def policy_check(

@@ -57,6 +57,7 @@ __all__ = [
     "OfferOut",
     "PlanOut",
     "PromotionOut",
+    "ReplicatedOut",
     "RunLogsOut",
     "RunOut",
     "SiteCheckOut",
@@ -205,6 +206,24 @@ class DatasetOut(Out):
     latest: str | None
     """The newest version not erased (``NAME@vN``); null when every version is erased."""
     versions: list[DatasetVersionOut]
+
+
+class ReplicatedOut(Out):
+    ref: str
+    """The dataset version copied: NAME@vN."""
+    source: str
+    dest: str
+    bytes_moved: int
+    """0 when the destination held a verified copy already."""
+    already_present: bool
+    egress_usd: float
+    egress_per_gb: float
+    sealed: bool
+    """Whether the copy is encrypted with the destination site's key (the policy asked for it)."""
+    seconds: float
+    rule: str | None
+    """The policy rule that allowed the copy."""
+    reason: str
 
 
 class DecisionOut(Out):

@@ -52,6 +52,18 @@ class Upload:
                 yield chunk
 
 
+def _data_replicate(p: dict[str, Any]) -> Call:
+    name, _, version = p["ref"].partition("@v")
+    body = {
+        "to": p["to"],
+        "streams": p["streams"],
+        **({"version": int(version)} if version.isdigit() else {}),
+    }
+    if version and not version.isdigit():
+        raise SpecError(f"{p['ref']!r}: give NAME or NAME@vN")
+    return "POST", f"/api/v1/datasets/{name}/replicas", None, body
+
+
 def _data_add(p: dict[str, Any]) -> Call:
     path: Path = p["path"]
     if not path.is_file():
@@ -111,11 +123,14 @@ def _token(p: dict[str, Any]) -> Call:
 
 COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
     ("sites", "ls"): lambda p: ("GET", "/api/v1/sites", None, None),
+    ("sites", "check"): lambda p: ("POST", "/api/v1/sites/check", None,
+                                   {"sites": p["sites"] or None, "timeout_s": p["timeout"]}),
     ("offers",): lambda p: ("GET", "/api/v1/offers",
                             {"cpus": p["cpus"], "memory_gib": p["memory"], "spot": p["spot"], "limit": p["limit"]},
                             None),
     ("data", "add"): _data_add,
     ("data", "ls"): lambda p: ("GET", "/api/v1/datasets", None, None),
+    ("data", "replicate"): _data_replicate,
     ("data", "show"): lambda p: ("GET", f"/api/v1/datasets/{p['name']}", None, None),
     ("policy", "check"): lambda p: ("GET", "/api/v1/policy/check",
                                     {"data": p["data"], "site": p["site"], "action": p["action"],
@@ -346,3 +361,5 @@ def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
         print("\n".join(answer["lines"]))
     else:
         render.records(answer, title=path[0])
+    if path == ("sites", "check") and any(r["health"] != "healthy" for r in answer):
+        raise SystemExit(9)  # as the local command says it
