@@ -177,13 +177,14 @@ def s3_bucket(s3: S3Endpoint) -> str:
 
 @pytest.fixture
 def ws_with_data(demo_workspace: Any, tmp_path: Path) -> Any:
-    """The demo workspace with an EU ``phi`` dataset ``patients-eu`` (300 rows) at onprem-frankfurt."""
-    from archipel.data.synthetic import write_patients_csv
+    """The demo workspace with an EU ``phi`` dataset ``patients-eu`` (the 341 EU records of
+    :mod:`archipel.data.samples`) at onprem-frankfurt."""
+    from archipel.data.samples import write_patients_csvs
     from archipel.db import connect
     from archipel.services.data import add_dataset
 
     engine = connect(demo_workspace.db_url)
-    csv = write_patients_csv(tmp_path / "p.csv", 300, seed=3, id_prefix="eu")
+    csv = write_patients_csvs(tmp_path / "patients")["patients-eu"]
     add_dataset(demo_workspace, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
     engine.dispose()
     return demo_workspace

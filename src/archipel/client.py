@@ -8,7 +8,7 @@ __all__ = ["Client"]
 
 
 class Client:
-    """``Client("http://localhost:8080", token=T, origin="EU").infer("readmission", rows)`` → outputs by name.
+    """``Client("http://localhost:8080", token=T, origin="EU").infer("malignancy", rows)`` → outputs by name.
 
     ``rows`` is a list of rows (lists of numbers, or dicts by feature name) or a 2-D NumPy array."""
 

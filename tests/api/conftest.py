@@ -10,9 +10,10 @@ from typing import Any
 from tests.serving.conftest import stop, wait_listening
 
 
-def api_workspace(root: Path, patients: int) -> Any:
-    """A demo workspace (three local sites, applied) at ``root/ws`` holding ``patients`` EU patients (``phi``)."""
-    from archipel.data.synthetic import write_patients_csv
+def api_workspace(root: Path) -> Any:
+    """A demo workspace (three local sites, applied) at ``root/ws`` holding the 341 EU patients of
+    :mod:`archipel.data.samples` as ``patients-eu`` (``phi``)."""
+    from archipel.data.samples import write_patients_csvs
     from archipel.db import connect
     from archipel.services.apply import apply_plan, plan_apply
     from archipel.services.data import add_dataset
@@ -21,8 +22,8 @@ def api_workspace(root: Path, patients: int) -> Any:
     ws = init_workspace(root / "ws", demo=True)
     engine = connect(ws.db_url)
     apply_plan(ws, engine, plan_apply(ws, engine))
-    add_dataset(ws, engine, "patients-eu", write_patients_csv(root / "p.csv", patients, seed=3, id_prefix="eu"),
-                site="onprem-frankfurt", classification="phi")  # fmt: skip
+    csv = write_patients_csvs(root / "patients")["patients-eu"]
+    add_dataset(ws, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
     engine.dispose()
     return ws
 

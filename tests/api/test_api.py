@@ -46,7 +46,7 @@ def _cli(ws: Any, *args: str) -> Any:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    ws = api_workspace(tmp_path_factory.mktemp("api"), patients=300)
+    ws = api_workspace(tmp_path_factory.mktemp("api"))
     tokens = tokens_for(ws, *SCOPES, name="api")
     proc, url = start_server(ws.root)
     try:
@@ -303,6 +303,7 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
                                     "constraints": {"sites": ["gcp-europe-west4", "onprem-frankfurt"]}}),
             ("/api/v1/models/{name}/promote", 200, {"version": 1, "to": "staging"}),
             ("/api/v1/sites/check", 200, {}),
+            ("/api/v1/datasets/{name}/replicas", 200, {"to": "gcp-europe-west4"}),  # there already: moves nothing
             ("/api/v1/tokens", 201, {"scope": "read", "ttl_days": 1, "origins": ["eu"]}),
         ]  # fmt: skip
         acted = {

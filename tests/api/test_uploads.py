@@ -301,23 +301,27 @@ def _info(name: str, *, size: int = 0, kind: bytes = tarfile.REGTYPE, target: st
 def test_replicating_data_and_checking_sites_from_the_control_plane(remote: Remote) -> None:
     """`data replicate` and `sites check` against ARCHIPEL_URL: the same policy decisions, transfers and exit codes as
     on the workspace itself."""
-    _add(remote, "patients-eu", "patients-eu.csv", "--site", "onprem-frankfurt", "--classification", "phi")
-    copied = remote.cli("data", "replicate", "patients-eu", "--to", "gcp-europe-west4", "--json")
+    # a dataset of its own: a run in this module may have copied patients-eu already (as its input)
+    added = _add(
+        remote, "eu-records", "patients-eu.csv", "--site", "onprem-frankfurt", "--classification", "phi"
+    )
+    assert added.returncode == 0, added.stderr
+    copied = remote.cli("data", "replicate", "eu-records", "--to", "gcp-europe-west4", "--json")
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
-    version = json.loads(remote.local("data", "show", "patients-eu", "--json").stdout)["versions"][-1]
+    version = json.loads(remote.local("data", "show", "eu-records", "--json").stdout)["versions"][-1]
     assert report["ref"] == version["ref"] and report["bytes_moved"] == version["bytes"] > 0
     assert set(version["replicas"]) == {"onprem-frankfurt", "gcp-europe-west4"}
     again = json.loads(
-        remote.cli("data", "replicate", "patients-eu@v1", "--to", "gcp-europe-west4", "--json").stdout
+        remote.cli("data", "replicate", "eu-records@v1", "--to", "gcp-europe-west4", "--json").stdout
     )
     assert again["bytes_moved"] == 0 and again["already_present"] is True
-    refused = remote.cli("data", "replicate", "patients-eu", "--to", "aws-us-east-1")
-    local = remote.local("data", "replicate", "patients-eu", "--to", "aws-us-east-1")
+    refused = remote.cli("data", "replicate", "eu-records", "--to", "aws-us-east-1")
+    local = remote.local("data", "replicate", "eu-records", "--to", "aws-us-east-1")
     assert refused.returncode == local.returncode == 5 and "default-personal-data-residency" in refused.stderr
-    assert not list(remote.ws.storage("aws-us-east-1").list("datasets/patients-eu/"))
+    assert not list(remote.ws.storage("aws-us-east-1").list("datasets/eu-records/"))
     assert (
-        remote.cli("data", "replicate", "patients-eu", "--to", "aws-us-east-1", token="read").returncode != 0
+        remote.cli("data", "replicate", "eu-records", "--to", "aws-us-east-1", token="read").returncode != 0
     )
     checked = remote.cli("sites", "check", "--json", "--timeout", "20")
     assert checked.returncode == 0, checked.stderr

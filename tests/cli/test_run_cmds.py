@@ -39,15 +39,15 @@ def test_run_then_runs_ls_show_logs(
     # one value per attempt that got that far (a retried or recovered attempt logs again; seen once under heavy load)
     rows = [m["value"] for m in view["metrics"] if m["key"] == "rows"]
     attempts = view["attempts"]
-    assert rows and set(rows) == {300.0} and len(rows) <= len(attempts), attempts
+    assert rows and set(rows) == {341.0} and len(rows) <= len(attempts), attempts
     assert attempts[-1]["state"] == "SUCCEEDED", attempts
     run_id = view["id"]
     code, out, _ = run(capsys, *w, "runs", "ls", "--json")
     assert code == 0 and [r["id"] for r in json.loads(out)] == [run_id]
     code, out, _ = run(capsys, *w, "runs", "show", run_id[:12])  # a unique prefix is enough
-    assert code == 0 and run_id in out and "SUCCEEDED" in out and "rows=300" in out
+    assert code == 0 and run_id in out and "SUCCEEDED" in out and "rows=341" in out
     code, out, _ = run(capsys, *w, "runs", "logs", run_id)
-    assert code == 0 and "rows 300 at" in out
+    assert code == 0 and "rows 341 at" in out
     code, _, err = run(capsys, *w, "runs", "cancel", run_id)
     assert code == 4 and "already ended" in err
     code, out, _ = run(capsys, *w, "cost", "--by", "run", "--json")

@@ -14,12 +14,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.fixture
 def runs_ws(demo_workspace: Any, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    from archipel.data.synthetic import write_patients_csv
+    from archipel.data.samples import write_patients_csvs
     from archipel.db import connect
     from archipel.services.data import add_dataset
 
     engine = connect(demo_workspace.db_url)
-    csv = write_patients_csv(tmp_path / "p.csv", 800, seed=1, id_prefix="eu")
+    csv = write_patients_csvs(tmp_path / "patients")["patients-eu"]  # 341 breast-cancer records
     add_dataset(
         demo_workspace,
         engine,

@@ -13,14 +13,15 @@ from archipel.services.reconciler import Reconciler
 from archipel.services.runs import get_run
 from tests.executor.conftest import submit
 
-SCORE = """
+FEATURES = ("mean_radius", "mean_texture", "mean_smoothness")
+SCORE = f"""
 import numpy as np, onnxruntime as ort
 import archipel
 ctx = archipel.job.context()
 table = ctx.input("patients")
-X = np.column_stack([table[c].to_numpy().astype(np.float32) for c in ("age", "bmi", "glucose")])
+X = np.column_stack([table[c].to_numpy().astype(np.float32) for c in {FEATURES!r}])
 session = ort.InferenceSession(ctx.input("model"))
-labels = session.run(None, {session.get_inputs()[0].name: X})[0]
+labels = session.run(None, {{session.get_inputs()[0].name: X}})[0]
 ctx.log_metric("scored", len(labels)); ctx.log_metric("positive", int(labels.sum()))
 """
 
@@ -29,13 +30,16 @@ def test_a_model_input_is_pinned_placed_by_its_data_and_served_to_the_job(
     runs_ws: tuple[Any, Any], tmp_path: Path
 ) -> None:
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
+    from archipel.data.samples import LABEL
     from archipel.services.data import read_dataset
 
     ws, engine = runs_ws
     table = read_dataset(ws, engine, "patients-eu", as_pandas=True)
-    X, y = table[["age", "bmi", "glucose"]].astype("float32"), table["readmitted"]
-    model = LogisticRegression(max_iter=500).fit(X, y)
+    X, y = table[list(FEATURES)].astype("float32"), table[LABEL]
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
     v1 = register_version(
         ws, engine, "scorer", convert(model, X[:32]), site="onprem-frankfurt", datasets=["patients-eu"]
     )

@@ -15,9 +15,9 @@ from archipel.services.runs import cancel_run, get_run
 from tests.executor.conftest import submit, write_job
 
 PIPELINE = """
-name: readmission
+name: malignancy
 models:
-  readmission: {gates: {production: ["accuracy >= 0.99"]}}
+  malignancy: {gates: {production: ["accuracy >= 0.99"]}}
 steps:
   prepare:
     run: python prepare.py
@@ -75,24 +75,24 @@ def test_a_three_step_pipeline_runs_across_two_sites_then_is_reused_whole(
     assert ws.storage("gcp-europe-west4").exists(one.steps[0]["outputs"]["features"]["key"])
     # the report step read the model the train step published
     report = [m for m in one.metrics if m["step"] == "report" and m["key"] == "features"]
-    assert report and report[0]["value"] == 6.0  # the six named features train.py uses
+    assert report and report[0]["value"] == 10.0  # the ten mean_* features train.py uses (not mean_roundness)
     assert [s["cached_from"] for s in two.steps] == [first, first, first]
     # the train step logged its model: registered as ONNX with this run's lineage
     from archipel.services.models import get_model
 
-    versions = get_model(engine, "readmission").versions
+    versions = get_model(engine, "malignancy").versions
     assert len(versions) == 1  # the cached second run registered nothing new
     v = versions[0]
     assert (v.lineage["run_id"], v.lineage["step"], v.home_site) == (first, "train", "gcp-europe-west4")
     assert [d["ref"] for d in v.lineage["datasets"]] == ["patients-eu@v1"] and v.classification == "phi"
     assert len(v.lineage["code_revision"]) == 64 and v.flavor == "sklearn" and "accuracy" in v.metrics
-    assert v.card["conversion_check"]["max_abs_diff"] < 1e-4 and v.card["profile"]["rows"] == 800
+    assert v.card["conversion_check"]["max_abs_diff"] < 1e-4 and v.card["profile"]["rows"] == 341
     # the pipeline declared the gate its model must pass to reach production
     from archipel.errors import PolicyViolation
     from archipel.services.models import promote
 
     with pytest.raises(PolicyViolation, match=r"accuracy >= 0.99"):
-        promote(ws, engine, "readmission", v.version)
+        promote(ws, engine, "malignancy", v.version)
     assert two.attempts == [] and all(s["state"] == "SUCCEEDED" for s in two.steps)
     assert two.steps[1]["outputs"] == one.steps[1]["outputs"]
 

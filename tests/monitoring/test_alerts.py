@@ -76,8 +76,8 @@ def test_a_dead_webhook_does_not_lose_the_alert(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ws, engine = _workspace(tmp_path / "ws", f"http://127.0.0.1:{port}/hook")
-    raise_alert(ws, engine, "drift", "scoring", "onprem-frankfurt", "glucose drifted", {})
-    assert [a["reason"] for a in list_alerts(engine)] == ["glucose drifted"]
+    raise_alert(ws, engine, "drift", "scoring", "onprem-frankfurt", "mean_texture drifted", {})
+    assert [a["reason"] for a in list_alerts(engine)] == ["mean_texture drifted"]
     (failed,) = AuditLog(engine, ws.state_dir).entries(action="monitor.webhook")
     assert failed.outcome == "failed" and "refused" in failed.reason.lower()
     engine.dispose()

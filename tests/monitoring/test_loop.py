@@ -1,9 +1,9 @@
-"""Monitoring where the samples are, and the closed loop, on a real workspace: a readmission model trained by a
-real run on EU patient data (phi), deployed at both EU sites with every request sampled; glucose shifted by one
-standard deviation in the traffic of one site only. Drift jobs run at each site; only aggregates reach the
-metadata store; the drifted site raises an alert whose trigger retrains at an allowed site, passes the gate and
-rolls the new version out while traffic flows through a gateway without a failed request; an impossible gate
-stops the next loop and says why."""
+"""Monitoring where the samples are, and the closed loop, on a real workspace: a malignancy model trained by a
+real run on EU patient data (phi), deployed at both EU sites with every request sampled; mean_texture shifted by
+one standard deviation in the traffic of one site only, as the demo does. Drift jobs run at each site; only
+aggregates reach the metadata store; the drifted site raises an alert whose trigger retrains at an allowed site,
+passes the gate and rolls the new version out while traffic flows through a gateway without a failed request; an
+impossible gate stops the next loop and says why."""
 
 from __future__ import annotations
 
@@ -22,15 +22,17 @@ import httpx
 import numpy as np
 import pytest
 
+from archipel.data.samples import MEAN_FEATURES, write_patients_csvs
 from tests.serving.conftest import stop, wait_listening
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FRANKFURT, NETHERLANDS, US = "onprem-frankfurt", "gcp-europe-west4", "aws-us-east-1"
-FEATURES = ["age", "bmi", "systolic_bp", "glucose", "smoker", "prior_admissions"]
-CANARY = np.float32(61.776543)  # an age no generated patient has: it marks the rows sent to Frankfurt
+FEATURES = list(MEAN_FEATURES)  # what examples/train.py trains on
+SHIFTED = "mean_texture"
+CANARY = np.float32(1234.776543)  # a mean area no tumour has (they have one decimal): marks Frankfurt's rows
 MIN_COUNT = 5
 RETRAIN = """
-name: retrain-readmission
+name: retrain-malignancy
 run: python train.py
 inputs: [patients-eu]
 outputs:
@@ -42,12 +44,12 @@ retries: 0
 """
 WORKSPACE_TAIL = """
 models:
-  readmission:
+  malignancy:
     gates:
       production: ["accuracy >= {floor}"]
 triggers:
   retrain-on-drift:
-    deployment: readmission
+    deployment: malignancy
     on: [drift]
     pipeline: retrain/job.yaml
     cooldown_s: 0
@@ -78,7 +80,7 @@ def _set_floor(root: Path, floor: float) -> Any:
 def _post(url: str, rows: np.ndarray, headers: dict[str, str] | None = None) -> httpx.Response:
     body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
                         "data": rows.reshape(-1).tolist()}]}  # fmt: skip
-    return httpx.post(f"{url}/v2/models/readmission/infer", json=body, headers=headers or {}, timeout=30)
+    return httpx.post(f"{url}/v2/models/malignancy/infer", json=body, headers=headers or {}, timeout=30)
 
 
 def _wait_samples(ws: Any, site: str, prefix: str, rows: int) -> None:
@@ -95,7 +97,6 @@ def _wait_samples(ws: Any, site: str, prefix: str, rows: int) -> None:
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    from archipel.data.synthetic import write_patients_csv
     from archipel.db import connect
     from archipel.models.deployment import DeploymentSpec
     from archipel.services.apply import apply_plan, plan_apply
@@ -113,7 +114,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     ws = _set_floor(root, 0.5)
     engine = connect(ws.db_url)
     apply_plan(ws, engine, plan_apply(ws, engine))
-    csv = write_patients_csv(root.parent / "patients.csv", 3000, seed=11, id_prefix="eu")
+    csv = write_patients_csvs(root.parent / "patients")["patients-eu"]  # 341 records; requests resample them
     add_dataset(ws, engine, "patients-eu", csv, site=FRANKFURT, classification="phi")
     job = root / "retrain"
     job.mkdir()
@@ -125,9 +126,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     reconciler.close()
     from archipel.services.models import promote
 
-    promote(ws, engine, "readmission", 1)
+    promote(ws, engine, "malignancy", 1)
     spec = DeploymentSpec.model_validate({
-        "name": "readmission", "model": "readmission@production", "sites": [FRANKFURT, NETHERLANDS],
+        "name": "malignancy", "model": "malignancy@production", "sites": [FRANKFURT, NETHERLANDS],
         "sample_rate": 1.0, "monitoring": {"drift_share": 0.1, "min_rows": 300, "min_count_per_bin": MIN_COUNT},
     })  # fmt: skip
     view = deploy(ws, engine, spec)
@@ -136,15 +137,15 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     rows = table[FEATURES].to_numpy(dtype=np.float32)
     rng = np.random.default_rng(5)
     shifted = rows[rng.integers(0, len(rows), 2400)].copy()
-    shifted[:, FEATURES.index("glucose")] += rows[:, FEATURES.index("glucose")].std()
-    shifted[:5, FEATURES.index("age")] = CANARY
+    shifted[:, FEATURES.index(SHIFTED)] += rows[:, FEATURES.index(SHIFTED)].std()
+    shifted[:5, FEATURES.index("mean_area")] = CANARY
     plain = rows[rng.integers(0, len(rows), 2400)]
     for part in np.array_split(shifted, 6):  # 2400 rows: the sampler writes at 2000
         assert _post(urls[FRANKFURT], part).status_code == 200
     for part in np.array_split(plain, 6):
         assert _post(urls[NETHERLANDS], part).status_code == 200
     for site in (FRANKFURT, NETHERLANDS):
-        _wait_samples(ws, site, f"samples/readmission/1/{site}/", 2000)
+        _wait_samples(ws, site, f"samples/malignancy/1/{site}/", 2000)
 
     token = create_token(ws, engine, scope="infer", origins=["EU"])[0]
     gateway = subprocess.Popen(
@@ -160,10 +161,17 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     def load() -> None:  # steady traffic through the gateway while the loop retrains and rolls out
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
             body = {
-                "inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP32", "data": plain[0].tolist()}]
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, len(FEATURES)],
+                        "datatype": "FP32",
+                        "data": plain[0].tolist(),
+                    }
+                ]
             }
             while not halt.is_set():
-                answer = client.post("/v2/models/readmission/infer", json=body)
+                answer = client.post("/v2/models/malignancy/infer", json=body)
                 if answer.status_code == 200:
                     version = json.loads(answer.content)["model_version"]
                     served[version] = served.get(version, 0) + 1
@@ -176,9 +184,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     thread = threading.Thread(target=load)
     thread.start()
     try:
-        before = get_deployment(engine, "readmission").version
-        reports = run_monitor(ws, engine, "readmission", window_s=600)
-        after = get_deployment(engine, "readmission").version
+        before = get_deployment(engine, "malignancy").version
+        reports = run_monitor(ws, engine, "malignancy", window_s=600)
+        after = get_deployment(engine, "malignancy").version
         time.sleep(1.5)  # the gateways' table moves on; traffic keeps flowing on the new version
     finally:
         halt.set()
@@ -186,9 +194,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         stop(gateway)
     from archipel.services.monitoring import list_alerts
 
-    alerts = list_alerts(engine, "readmission")
+    alerts = list_alerts(engine, "malignancy")
     yield Loop(ws, engine, rows, reports, alerts, served, failures[0], (before, after))
-    down(ws, engine, "readmission")
+    down(ws, engine, "malignancy")
     engine.dispose()
 
 
@@ -197,12 +205,13 @@ def test_the_drifted_site_and_feature_are_flagged_and_no_other(loop: Loop) -> No
     assert set(by_site) == {FRANKFURT, NETHERLANDS}
     frankfurt, netherlands = by_site[FRANKFURT], by_site[NETHERLANDS]
     assert frankfurt["rows"] >= 2000 and netherlands["rows"] >= 2000  # what the samplers had written
-    assert frankfurt["verdict"] == "drift" and frankfurt["drifted"] == ["glucose"], frankfurt["features"]
+    assert frankfurt["verdict"] == "drift" and frankfurt["drifted"] == [SHIFTED], frankfurt["features"]
     assert netherlands["verdict"] == "ok" and netherlands["drifted"] == [], netherlands["features"]
     assert frankfurt["schema"]["ok"] and netherlands["schema"]["ok"]  # training and serving schemas agree
-    glucose = next(f for f in frankfurt["features"] if f["feature"] == "glucose")
-    assert glucose["test"] == "wasserstein" and glucose["score"] > glucose["threshold"] == 0.1
-    assert glucose["psi"] > 0.2
+    shifted = next(f for f in frankfurt["features"] if f["feature"] == SHIFTED)
+    # the reference is the 341 training rows, at most 1000: Kolmogorov-Smirnov's p-value (Wasserstein above that)
+    assert shifted["test"] == "ks" and shifted["score"] <= shifted["threshold"] == 0.05
+    assert shifted["psi"] > 0.2
     assert [a["site"] for a in loop.outcome if a["kind"] == "drift"] == [FRANKFURT]
 
 
@@ -211,13 +220,13 @@ def test_the_alert_retrained_passed_the_gate_and_rolled_out_without_a_failed_req
     from archipel.services.models import get_version
 
     assert loop.versions == (1, 2)
-    new = get_version(loop.engine, "readmission@production")
-    assert new.version == 2 and new.lineage["run_id"].startswith("retrain-readmission")
+    new = get_version(loop.engine, "malignancy@production")
+    assert new.version == 2 and new.lineage["run_id"].startswith("retrain-malignancy")
     assert new.home_site in (FRANKFURT, NETHERLANDS)  # retrained where the patients may be
     audit = AuditLog(loop.engine, loop.ws.state_dir)
     assert [e.outcome for e in audit.entries(action="trigger.fire")] == ["done"]
     rolled = audit.entries(action="trigger.rolled-out")
-    assert len(rolled) == 1 and "readmission/2 serves readmission (was v1)" in rolled[0].reason
+    assert len(rolled) == 1 and "malignancy/2 serves malignancy (was v1)" in rolled[0].reason
     assert loop.failed == 0 and loop.served.get("1", 0) > 0 and loop.served.get("2", 0) > 0, loop.served
 
 
@@ -226,15 +235,15 @@ def test_a_failing_gate_stops_the_loop_and_says_why(loop: Loop) -> None:
     from archipel.services.monitoring import raise_alert
 
     ws = _set_floor(loop.ws.root, 0.999)
-    outcomes = raise_alert(ws, loop.engine, "drift", "readmission", FRANKFURT, "test: drift again", {})
+    outcomes = raise_alert(ws, loop.engine, "drift", "malignancy", FRANKFURT, "test: drift again", {})
     assert [o.stage for o in outcomes] == ["failed-at-gate"]
     assert "accuracy >= 0.999" in outcomes[0].reason and outcomes[0].version == 3
-    assert get_deployment(loop.engine, "readmission").version == 2  # nothing rolled out
+    assert get_deployment(loop.engine, "malignancy").version == 2  # nothing rolled out
     _set_floor(loop.ws.root, 0.5)
 
 
 def test_raw_samples_never_leave_their_site(loop: Loop) -> None:
-    """The canary ages sent to Frankfurt are in no Parquet file of any other site (decoded, not grepped) and in
+    """The canary areas sent to Frankfurt are in no Parquet file of any other site (decoded, not grepped) and in
     no table of the metadata store; every histogram count that left a site covers at least MIN_COUNT rows."""
     import pyarrow.parquet as pq
     from sqlalchemy import inspect, text
@@ -249,9 +258,9 @@ def test_raw_samples_never_leave_their_site(loop: Loop) -> None:
                     if column.dtype.kind == "f":
                         assert not np.any(column.astype(np.float32) == CANARY), (site, info.key, name)
     home = [i.key for i in loop.ws.storage(FRANKFURT).list("samples/") if i.key.endswith(".parquet")]
-    ages = np.concatenate([pq.read_table(io.BytesIO(loop.ws.storage(FRANKFURT).get(k))).column("age").to_numpy()
-                           for k in home])  # fmt: skip
-    assert int(np.sum(ages.astype(np.float32) == CANARY)) == 5  # the canaries are there, at home
+    areas = np.concatenate([pq.read_table(io.BytesIO(loop.ws.storage(FRANKFURT).get(k))).column("mean_area")
+                            .to_numpy() for k in home])  # fmt: skip
+    assert int(np.sum(areas.astype(np.float32) == CANARY)) == 5  # the canaries are there, at home
     spelled = {f"{float(CANARY):.4f}", f"{float(CANARY)!r}", repr(float(np.float64(CANARY)))}
     with loop.engine.connect() as conn:
         for table in inspect(conn).get_table_names():
@@ -271,22 +280,22 @@ def _cli(loop: Loop, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cli_the_page_and_the_gauges_show_every_site(loop: Loop, tmp_path: Path) -> None:
     from archipel.services.tokens import create_token
 
-    status = _cli(loop, "monitor", "status", "readmission", "--json")
+    status = _cli(loop, "monitor", "status", "malignancy", "--json")
     assert status.returncode == 0, status.stderr
     verdicts = {r["site"]: r["verdict"] for r in json.loads(status.stdout)}
     assert verdicts == {FRANKFURT: "drift", NETHERLANDS: "ok"}
     table = _cli(loop, "monitor", "status")
-    assert "glucose" in table.stdout and FRANKFURT in table.stdout and NETHERLANDS in table.stdout
+    assert SHIFTED in table.stdout and FRANKFURT in table.stdout and NETHERLANDS in table.stdout
     assert "every site side by side" in table.stdout
     page = tmp_path / "drift.html"
-    assert _cli(loop, "monitor", "report", "readmission", "--html", str(page)).returncode == 0
+    assert _cli(loop, "monitor", "report", "malignancy", "--html", str(page)).returncode == 0
     text = page.read_text()
     assert (
-        text.count("<svg") == 12 and "glucose" in text and "at least 5 rows" in text
-    )  # 6 features x 2 sites
+        text.count("<svg") == 2 * len(FEATURES) and SHIFTED in text and "at least 5 rows" in text
+    )  # 10 features x 2 sites
     triggers = json.loads(_cli(loop, "triggers", "ls", "--json").stdout)
     assert [(t["name"], t["deployment"], t["on"]) for t in triggers] == [
-        ("retrain-on-drift", "readmission", ["drift"])
+        ("retrain-on-drift", "malignancy", ["drift"])
     ]
     alerts = json.loads(_cli(loop, "monitor", "alerts", "--json").stdout)
     assert {a["kind"] for a in alerts} == {"drift"} and alerts[-1]["site"] == FRANKFURT
@@ -302,9 +311,9 @@ def test_the_cli_the_page_and_the_gauges_show_every_site(loop: Loop, tmp_path: P
         ).text
     finally:
         stop(gateway)
-    assert f'archipel_drift_detected{{deployment="readmission",site="{FRANKFURT}"}} 1' in metrics
-    assert f'archipel_drift_detected{{deployment="readmission",site="{NETHERLANDS}"}} 0' in metrics
-    assert 'archipel_alerts_total{deployment="readmission",kind="drift"}' in metrics
+    assert f'archipel_drift_detected{{deployment="malignancy",site="{FRANKFURT}"}} 1' in metrics
+    assert f'archipel_drift_detected{{deployment="malignancy",site="{NETHERLANDS}"}} 0' in metrics
+    assert 'archipel_alerts_total{deployment="malignancy",kind="drift"}' in metrics
 
 
 def test_the_server_schedule_checks_each_deployment_every_interval(loop: Loop) -> None:
@@ -313,7 +322,7 @@ def test_the_server_schedule_checks_each_deployment_every_interval(loop: Loop) -
     tried: dict[str, float] = {}
     assert due_checks(loop.engine, tried) == []  # checked moments ago
     later = time.time() + 3601  # monitoring.every_s defaults to an hour
-    assert due_checks(loop.engine, tried, now=later) == ["readmission"]
+    assert due_checks(loop.engine, tried, now=later) == ["malignancy"]
     assert due_checks(loop.engine, tried, now=later + 60) == []  # just tried: not again before the interval
 
 
@@ -322,13 +331,13 @@ def test_a_service_level_breach_on_the_replicas_own_counters_raises_an_slo_alert
     from archipel.db.orm import DeploymentRow
     from archipel.services.monitoring import check_slo, list_alerts
 
-    figures = check_slo(loop.ws, loop.engine, "readmission")  # the defaults: 1 % errors, p99 250 ms
+    figures = check_slo(loop.ws, loop.engine, "malignancy")  # the defaults: 1 % errors, p99 250 ms
     answered = {f["site"] for f in figures if f["answers"]}
     assert answered and all(f["error_rate"] == 0 and f["p99_ms"] <= 250 for f in figures if f["answers"])
     assert not [a for a in list_alerts(loop.engine) if a["kind"] == "slo"]
     with session_scope(loop.engine) as session:  # a deployment asking for the impossible
-        row = session.get(DeploymentRow, "readmission")
+        row = session.get(DeploymentRow, "malignancy")
         row.spec = {**row.spec, "monitoring": {**row.spec["monitoring"], "slo": {"p99_ms": 0.0001}}}
-    check_slo(loop.ws, loop.engine, "readmission")
+    check_slo(loop.ws, loop.engine, "malignancy")
     slo = [a for a in list_alerts(loop.engine) if a["kind"] == "slo"]
     assert {a["site"] for a in slo} == answered and all("p99" in a["reason"] for a in slo)

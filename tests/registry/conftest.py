@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture
 def reg_ws(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    from archipel.data.synthetic import write_patients_csv
+    from archipel.data.samples import write_patients_csvs
     from archipel.db import connect
     from archipel.services.apply import apply_plan, plan_apply
     from archipel.services.data import add_dataset
@@ -22,7 +22,7 @@ def reg_ws(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     ws = init_workspace(tmp_path / "ws", demo=True)
     engine = connect(ws.db_url)
     apply_plan(ws, engine, plan_apply(ws, engine))
-    csv = write_patients_csv(tmp_path / "p.csv", 400, seed=5, id_prefix="eu")
+    csv = write_patients_csvs(tmp_path / "patients")["patients-eu"]
     add_dataset(ws, engine, "patients-eu", csv, site="onprem-frankfurt", classification="phi")
     yield ws, engine
     engine.dispose()

@@ -41,7 +41,7 @@ def described(breast_cancer: tuple[Any, Any]) -> tuple[Any, ...]:
     return describe(model, X[:64], eval_data=(X[:200], y[:200]))
 
 
-def _register(ws: Any, engine: Any, described: tuple[Any, ...], name: str = "readmission") -> Any:
+def _register(ws: Any, engine: Any, described: tuple[Any, ...], name: str = "malignancy") -> Any:
     converted, metrics, card, reference = described
     return register_version(ws, engine, name, converted, site=HOME, datasets=["patients-eu"], metrics=metrics,
         card=card, drift_reference=reference)  # fmt: skip
@@ -74,7 +74,7 @@ def test_the_reference_is_stored_at_the_home_site_and_the_card_holds_only_a_poin
     v = _register(ws, engine, described)
     pointer = v.card["drift_reference"]
     assert set(pointer) == {"key", "sha256", "bytes"}
-    assert pointer["key"] == f"models/readmission/{pointer['sha256']}.drift-reference.json"
+    assert pointer["key"] == f"models/malignancy/{pointer['sha256']}.drift-reference.json"
     assert pointer["key"].rsplit("/", 1)[0] == v.key.rsplit("/", 1)[0]  # next to the ONNX
     assert ws.storage(HOME).size(pointer["key"]) == pointer["bytes"]
     assert [s for s in (EU, US) if ws.storage(s).exists(pointer["key"])] == []
@@ -147,7 +147,7 @@ def test_a_tampered_reference_is_refused(reg_ws: tuple[Any, Any], described: tup
     tampered = json.loads(ws.storage(EU).get(key))
     tampered["features"]["mean radius"]["mean"] += 1.0
     ws.storage(EU).put(key, json.dumps(tampered, sort_keys=True, separators=(",", ":")).encode())
-    with pytest.raises(IntegrityError, match=r"drift reference of readmission/1 at gcp-europe-west4"):
+    with pytest.raises(IntegrityError, match=r"drift reference of malignancy/1 at gcp-europe-west4"):
         drift_reference(ws, replica, site=EU)
     assert drift_reference(ws, replica)["rows"] == 200  # the home copy is intact
 
@@ -183,17 +183,17 @@ def test_a_card_pointer_must_name_a_stored_reference(
     v = _register(ws, engine, described)
     pointer = v.card["drift_reference"]
     # a job stored the ONNX and the reference at the site: the card points to them
-    again = register_version(ws, engine, "readmission", converted, site=HOME, stored=True,
+    again = register_version(ws, engine, "malignancy", converted, site=HOME, stored=True,
         card={**card, "drift_reference": pointer})  # fmt: skip
     assert drift_reference(ws, again) == reference
-    missing = {**pointer, "key": f"models/readmission/{'0' * 64}.drift-reference.json", "sha256": "0" * 64}
-    with pytest.raises(NotFound, match=r"drift reference of readmission is not at onprem-frankfurt"):
-        register_version(ws, engine, "readmission", converted, site=HOME, card={"drift_reference": missing})
+    missing = {**pointer, "key": f"models/malignancy/{'0' * 64}.drift-reference.json", "sha256": "0" * 64}
+    with pytest.raises(NotFound, match=r"drift reference of malignancy is not at onprem-frankfurt"):
+        register_version(ws, engine, "malignancy", converted, site=HOME, card={"drift_reference": missing})
     with pytest.raises(SpecError, match=r"must be \{key, sha256, bytes\}"):
-        register_version(ws, engine, "readmission", converted, site=HOME,
+        register_version(ws, engine, "malignancy", converted, site=HOME,
             card={"drift_reference": {**pointer, "key": "elsewhere/x.json"}})  # fmt: skip
     with pytest.raises(SpecError, match=r"not both"):
-        register_version(ws, engine, "readmission", converted, site=HOME,
+        register_version(ws, engine, "malignancy", converted, site=HOME,
             card={"drift_reference": pointer}, drift_reference=reference)  # fmt: skip
 
 

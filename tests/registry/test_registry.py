@@ -43,7 +43,7 @@ def _register(ws: Any, engine: Any, model: Any, X: Any, y: Any, **kwargs: Any) -
         ),
         "profile": profile(X, list(X.columns)),
     }
-    return register_version(ws, engine, "readmission", converted, site="onprem-frankfurt",
+    return register_version(ws, engine, "malignancy", converted, site="onprem-frankfurt",
         datasets=["patients-eu"], metrics=metrics, card=card, **kwargs)  # fmt: skip
 
 
@@ -60,36 +60,36 @@ def test_sklearn_round_trip_gate_promote_replicate_predict(
     assert v1.card["conversion_check"]["max_abs_diff"] < 1e-4 and v1.metrics["auc"] > 0.99
     assert next(iter(v1.card["importance"].values()))["mean"] > 0
     # gates from archipel.yaml: the first production version has nothing to beat
-    ws.file.write_text(ws.file.read_text() + "models:\n  readmission:\n    gates:\n      production: "
+    ws.file.write_text(ws.file.read_text() + "models:\n  malignancy:\n    gates:\n      production: "
         '["auc >= 0.9", "auc >= production.auc - 0.005"]\n')  # fmt: skip
     from archipel.workspace import load_workspace
 
     ws = load_workspace(ws.root)
-    assert promote(ws, engine, "readmission", 1).passed
+    assert promote(ws, engine, "malignancy", 1).passed
     # a worse version: the gate names the failing clause, the alias does not move, both are audited
     weak = _register(
         ws, engine, model, X, y.sample(frac=1.0, random_state=0).to_numpy(), description="shuffled"
     )
     with pytest.raises(PolicyViolation, match=r"auc >= production.auc - 0.005") as refused:
-        promote(ws, engine, "readmission", weak.version)
-    assert refused.value.rule == "gate:readmission@production"
-    assert get_version(engine, "readmission@production").version == 1
+        promote(ws, engine, "malignancy", weak.version)
+    assert refused.value.rule == "gate:malignancy@production"
+    assert get_version(engine, "malignancy@production").version == 1
     outcomes = [e.outcome for e in AuditLog(engine, ws.state_dir).entries() if e.action == "model.promote"]
     assert outcomes == ["allowed", "refused"]
     # replicate: to the other EU site, verified; to the US site, refused before a byte is written
-    replica, moved = replicate_model(ws, engine, "models:/readmission@production", "gcp-europe-west4")
+    replica, moved = replicate_model(ws, engine, "models:/malignancy@production", "gcp-europe-west4")
     assert moved == v1.bytes and replica.replicas == ["gcp-europe-west4", "onprem-frankfurt"]
     with pytest.raises(PolicyViolation) as forbidden:
-        replicate_model(ws, engine, "readmission@production", "aws-us-east-1")
+        replicate_model(ws, engine, "malignancy@production", "aws-us-east-1")
     assert forbidden.value.rule == "default-personal-data-residency"
     assert list(ws.storage("aws-us-east-1").list("models/")) == []
     # load at the replica with ONNX Runtime: the same predictions as the source model
-    out = predict(ws, engine, "readmission@production", X[:25].to_numpy().tolist(), site="gcp-europe-west4")
+    out = predict(ws, engine, "malignancy@production", X[:25].to_numpy().tolist(), site="gcp-europe-west4")
     np.testing.assert_allclose(
         np.asarray(out["outputs"]["probabilities"]), model.predict_proba(X[:25]), atol=1e-5
     )
     assert out["outputs"]["label"] == model.predict(X[:25]).tolist()
-    by_name = predict(ws, engine, "readmission/1", [dict(zip(X.columns, map(float, X.iloc[0]), strict=True))])
+    by_name = predict(ws, engine, "malignancy/1", [dict(zip(X.columns, map(float, X.iloc[0]), strict=True))])
     assert by_name["outputs"]["label"] == [int(model.predict(X[:1])[0])]
 
 
@@ -111,7 +111,7 @@ def test_pytorch_round_trip(reg_ws: tuple[Any, Any], breast_cancer: Any) -> None
     converted = convert(net, sample)
     assert converted.flavor == "torch" and converted.check["max_abs_diff"] < 1e-4
     v = register_version(
-        ws, engine, "readmission-net", converted, site="onprem-frankfurt", datasets=["patients-eu"]
+        ws, engine, "malignancy-net", converted, site="onprem-frankfurt", datasets=["patients-eu"]
     )
     replicate_model(ws, engine, v.ref, "gcp-europe-west4")
     out = predict(ws, engine, v.ref, sample[:10].tolist(), site="gcp-europe-west4")
@@ -139,13 +139,13 @@ def test_aliases_keep_history_and_roll_back(reg_ws: tuple[Any, Any], breast_canc
     model = _sklearn_model(X, y)
     for _ in range(3):
         _register(ws, engine, model, X, y)
-    set_alias(ws, engine, "readmission", "staging", 2)
-    promote(ws, engine, "readmission", 2)
-    promote(ws, engine, "readmission", 3)
-    assert get_model(engine, "readmission").aliases == {"production": 3, "staging": 2}
-    assert rollback(ws, engine, "readmission") == (3, 2)
-    assert get_version(engine, "readmission@production").version == 2
-    assert get_version(engine, "models:/readmission/3").aliases == []
+    set_alias(ws, engine, "malignancy", "staging", 2)
+    promote(ws, engine, "malignancy", 2)
+    promote(ws, engine, "malignancy", 3)
+    assert get_model(engine, "malignancy").aliases == {"production": 3, "staging": 2}
+    assert rollback(ws, engine, "malignancy") == (3, 2)
+    assert get_version(engine, "malignancy@production").version == 2
+    assert get_version(engine, "models:/malignancy/3").aliases == []
 
 
 def test_thirty_two_parallel_registrations_get_versions_one_to_thirty_two(

@@ -48,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from archipel.data.synthetic import write_patients_csv
+    from archipel.data.samples import write_patients_csvs
     from archipel.db import connect
     from archipel.models.deployment import DeploymentSpec
     from archipel.registry.convert import convert
@@ -66,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ws = load_workspace(ws.root)
     engine = connect(ws.db_url)
     apply_plan(ws, engine, plan_apply(ws, engine))
-    csv = write_patients_csv(root / "p.csv", 100, seed=2, id_prefix="eu")
+    csv = write_patients_csvs(root / "patients")["patients-eu"]
     add_dataset(ws, engine, "patients-pii", csv, site="onprem-frankfurt", classification="pii")
     X, y = load_breast_cancer(return_X_y=True)
     X = X.astype(np.float32)

@@ -111,7 +111,7 @@ export async function render(ctx) {
       empty("No drift checks yet",
         "A deployment that samples requests (sample_rate > 0) is checked at each site every monitoring.every_s by " +
         "the server; only aggregates leave the site. Check one now:",
-        "archipel monitor run readmission", "drift-empty"),
+        "archipel monitor run malignancy", "drift-empty"),
       alerts.length ? alertsCard(alerts) : null,
     );
     return;

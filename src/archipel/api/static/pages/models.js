@@ -12,7 +12,7 @@ const TEXT = {
     "aliases point to now.",
   empty: "A run's model is registered as ONNX with its lineage (run, datasets with hashes); aliases such as " +
     "production move only when their gate holds.",
-  register: "archipel models register readmission model.onnx --site gcp-europe-west4 --data patients-eu",
+  register: "archipel models register malignancy model.onnx --site gcp-europe-west4 --data patients-eu",
 };
 
 function gateCell(name, version, gates) {
