@@ -341,3 +341,38 @@ def test_a_service_level_breach_on_the_replicas_own_counters_raises_an_slo_alert
     check_slo(loop.ws, loop.engine, "malignancy")
     slo = [a for a in list_alerts(loop.engine) if a["kind"] == "slo"]
     assert {a["site"] for a in slo} == answered and all("p99" in a["reason"] for a in slo)
+
+
+def test_a_rule_that_keeps_statistics_at_their_site_withholds_the_report(loop: Loop) -> None:
+    """`aggregate_export: false`: the drift job still runs where the samples are and leaves its report there, but
+    not a statistic of it reaches the metadata store; the decision is audited, and no alert or loop can follow.
+    (Last in this module: it leaves withheld reports as the latest.)"""
+    import json as json_
+
+    from archipel.policy.audit import AuditLog
+    from archipel.services.monitoring import list_alerts, run_monitor
+    from archipel.workspace import load_workspace
+
+    yaml_path = loop.ws.root / "archipel.yaml"
+    before = yaml_path.read_text()
+    yaml_path.write_text(before + "\npolicies:\n  - {name: statistics-stay, match: {datasets: [patients-eu]}, "
+                         "aggregate_export: false}\n")  # fmt: skip
+    alerts = len(list_alerts(loop.engine, "malignancy", 1000))
+    try:
+        reports = run_monitor(load_workspace(loop.ws.root), loop.engine, "malignancy", window_s=3600)
+    finally:
+        yaml_path.write_text(before)
+    assert {r["site"]: r["verdict"] for r in reports} == {FRANKFURT: "withheld", NETHERLANDS: "withheld"}
+    for r in reports:
+        assert (
+            r["features"] == r["predictions"] == [] and r["histograms"] == {} and r["share_drifted"] is None
+        )
+        assert "statistics-stay" in r["note"]
+        key = r["note"].split("(", 1)[1].split(")", 1)[0]  # the report, at its own site
+        kept = json_.loads(loop.ws.storage(r["site"]).get(key))
+        assert {"rows", "report"} <= set(kept)  # whatever the window held (the rolled-out version's samples)
+    refused = [e for e in AuditLog(loop.engine, loop.ws.state_dir).entries(action="policy.aggregate_export")
+               if e.outcome == "refused"]  # fmt: skip
+    assert sorted(e.sites[0] for e in refused) == sorted([FRANKFURT, NETHERLANDS])
+    assert all("statistics-stay" in e.reason for e in refused)
+    assert len(list_alerts(loop.engine, "malignancy", 1000)) == alerts  # Frankfurt's drift raised nothing

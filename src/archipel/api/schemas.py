@@ -785,7 +785,7 @@ class DriftReportOut(Out):
     until: Timestamp
     rows: int
     """Requests sampled in the window."""
-    verdict: Literal["ok", "drift", "too-few-rows", "failed"]
+    verdict: Literal["ok", "drift", "too-few-rows", "failed", "withheld"]
     share_drifted: float | None
     drifted: list[str]
     """The features that drifted."""

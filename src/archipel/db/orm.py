@@ -459,7 +459,7 @@ class DriftReportRow(Base):
     until: Mapped[datetime] = mapped_column()
     rows: Mapped[int] = mapped_column(Integer)
     verdict: Mapped[str] = mapped_column(String(16))
-    """drift, ok, or too-few-rows."""
+    """drift, ok, too-few-rows, failed, or withheld (the policy keeps the report at its site)."""
     share_drifted: Mapped[float | None] = mapped_column(Float, nullable=True)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

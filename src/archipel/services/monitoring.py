@@ -109,6 +109,10 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
                      outcome="allowed" if ok else "refused", reason=why or "read where they are")  # fmt: skip
         if not ok:  # the samples stay where they are, unread
             continue
+        export_ok, export_why = allowed(workspace, "aggregate_export", version.subjects(), site)
+        audit.record(action="policy.aggregate_export", subject=f"drift report of {name}", sites=[site],
+                     outcome="allowed" if export_ok else "refused",
+                     reason=export_why or "statistics may leave the site")  # fmt: skip
         output_key = f"monitoring/{name}/{site}/{int(until)}-{secrets.token_hex(4)}.json"
         spec = {
             "prefix": f"samples/{version.model}/{version.version}/{site}", "since": since, "until": until,
@@ -118,9 +122,9 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
         job_id = launch_module(workspace, site, "archipel.monitoring.site_job", spec,
                                folder=workspace.state_dir / "monitoring" / name, name=f"drift-{name}-{site}",
                                cpus=JOB_CPUS, labels={"deployment": name, "kind": "drift"})  # fmt: skip
-        jobs[site] = (job_id, output_key, time.monotonic())
+        jobs[site] = (job_id, output_key, time.monotonic(), None if export_ok else export_why)
     reports = []
-    for site, (job_id, output_key, started) in jobs.items():
+    for site, (job_id, output_key, started, withheld) in jobs.items():
         compute = workspace.compute(site)
         deadline = started + timeout_s
         while not (status := compute.status(job_id)).state.terminal and time.monotonic() < deadline:
@@ -133,6 +137,11 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
                       unit="h", unit_price_usd=hourly_share(workspace, site, JOB_CPUS),
                       tags={"deployment": name, "job": "drift"}, deployment_id=name,
                       description=f"drift check of {name} at {site}")  # fmt: skip
+        if withheld is not None:  # computed where the samples are, and kept there: not read from here
+            result = {"rows": 0, "report": None, "withheld": True, "key": output_key,
+                      "note": f"the report stays at {site} ({output_key}): {withheld}"}  # fmt: skip
+            reports.append(_store(workspace, engine, audit, name, site, version, since, until, result, 0))
+            continue
         try:
             result = json.loads(workspace.storage(site).get(output_key))
         except ArchipelError:
@@ -152,7 +161,9 @@ def run_monitor(workspace: Workspace, engine: Engine, name: str, *, window_s: fl
 def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, site: str, version: VersionView,
            since: float, until: float, result: dict[str, Any], min_rows: int) -> dict[str, Any]:  # fmt: skip
     report = result.get("report")
-    if report is None or result.get("rows", 0) < min_rows:
+    if result.get("withheld"):
+        verdict, share = "withheld", None
+    elif report is None or result.get("rows", 0) < min_rows:
         verdict, share = ("failed" if result.get("failed") else "too-few-rows"), None
         result = {
             **result,
@@ -168,10 +179,15 @@ def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, sit
         session.add(row)
         session.flush()
         view = _report_view(row)
-    reason = f"{view['rows']} rows; {verdict}" + (
-        f": {len(view['drifted'])} of {len(view['features'])} features drifted ({', '.join(view['drifted'])})"
-        if share is not None
-        else ""
+    reason = (
+        view["note"]
+        if verdict == "withheld"
+        else f"{view['rows']} rows; {verdict}"
+        + (
+            f": {len(view['drifted'])} of {len(view['features'])} features drifted ({', '.join(view['drifted'])})"
+            if share is not None
+            else ""
+        )
     )
     audit.record(action="monitor.drift", subject=name, sites=[site], outcome=verdict, reason=reason,
                  details={"report_id": view["id"], "share_drifted": share})  # fmt: skip

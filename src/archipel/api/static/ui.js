@@ -35,7 +35,7 @@ const TONES = {
   healthy: "ok", ok: "ok", succeeded: "ok", allowed: "ok", done: "neutral", ready: "ok", passed: "ok", in: "ok",
   running: "info", placed: "info", pending: "info", recovering: "warn", degraded: "warn", drift: "bad",
   unreachable: "bad", failed: "bad", lost: "bad", refused: "bad", cancelled: "neutral", down: "neutral",
-  unknown: "neutral", disabled: "neutral", out: "bad", ejected: "bad", unhealthy: "bad", readmitted: "ok",
+  unknown: "neutral", disabled: "neutral", withheld: "neutral", out: "bad", ejected: "bad", unhealthy: "bad", readmitted: "ok",
 };
 
 /** A pill: its colour follows the word (healthy, RUNNING, refused, drift, ...) unless `tone` says otherwise. */
