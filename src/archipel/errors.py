@@ -134,20 +134,20 @@ class MissingDependency(BackendError):
 
 # One table each: the most specific class found in an error's MRO wins.
 HTTP_STATUS: dict[type[ArchipelError], int] = {
-    ArchipelError: 500,
+    ArchipelError: 400,
     UserError: 400,
-    SpecError: 422,
+    SpecError: 400,
     NotFound: 404,
     Conflict: 409,
-    PolicyViolation: 403,
+    PolicyViolation: 409,
     Unauthorized: 401,
     Forbidden: 403,
     TooLarge: 413,
-    BackendError: 502,
-    NoCapacity: 503,
-    SiteUnavailable: 503,
-    MissingDependency: 501,
+    BackendError: 503,
+    NoCapacity: 409,
 }
+"""What the REST API answers (``archipel.api.app``): a refusal or no room for the work is a 409 the caller can act on;
+a site or backend that failed, 503."""
 
 EXIT_CODE: dict[type[ArchipelError], int] = {
     ArchipelError: 1,

@@ -48,18 +48,7 @@ from archipel.api.schemas import (
     SiteOut,
     TokenOut,
 )
-from archipel.errors import (
-    ArchipelError,
-    BackendError,
-    Conflict,
-    Forbidden,
-    NoCapacity,
-    NotFound,
-    PolicyViolation,
-    SpecError,
-    TooLarge,
-    Unauthorized,
-)
+from archipel.errors import ArchipelError, PolicyViolation, http_status_for
 from archipel.models.deployment import DeploymentSpec
 from archipel.models.job import JobSpec, PipelineSpec
 from archipel.services.tokens import Token, verify_token
@@ -74,12 +63,6 @@ NDJSON = "application/x-ndjson"
 SCOPE_KEY = "x-archipel-scope"
 """Each guarded operation in the OpenAPI document names the scope it needs under this key."""
 
-STATUS: list[tuple[type[ArchipelError], int]] = [
-    (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (PolicyViolation, 409), (Conflict, 409),
-    (NoCapacity, 409), (TooLarge, 413),
-    (SpecError, 400), (BackendError, 503), (ArchipelError, 400),
-]  # fmt: skip
-"""The first class an error is an instance of gives its status."""
 
 JSONObject = dict[str, Any]
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -238,7 +221,7 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
     @app.exception_handler(ArchipelError)
     def archipel_error(request: Request, err: ArchipelError) -> JSONResponse:
-        status = next(code for cls, code in STATUS if isinstance(err, cls))
+        status = http_status_for(err)  # errors.HTTP_STATUS: one table for the API and the library
         body = {"error": str(err), "kind": type(err).__name__}
         if isinstance(err, PolicyViolation):
             body["rule"] = err.rule
