@@ -304,12 +304,14 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
             ("/api/v1/models/{name}/promote", 200, {"version": 1, "to": "staging"}),
             ("/api/v1/sites/check", 200, {}),
             ("/api/v1/datasets/{name}/replicas", 200, {"to": "gcp-europe-west4"}),  # there already: moves nothing
+            ("/api/v1/models/{name}/replicas", 200, {"to": "onprem-frankfurt", "alias": "production"}),  # likewise
             ("/api/v1/tokens", 201, {"scope": "read", "ttl_days": 1, "origins": ["eu"]}),
         ]  # fmt: skip
         acted = {
             path: _checked(client, doc, "POST", path, status, json=body) for path, status, body in actions
         }
         assert acted["/api/v1/plans"]["steps"][0]["chosen"]["moves"][0]["from"] == "aws-us-east-1"
+        assert acted["/api/v1/models/{name}/replicas"]["bytes_moved"] == 0  # a copy was there: nothing moved
         new = {"token_id": [acted["/api/v1/tokens"]["id"]]}
         assert _checked(client, doc, "DELETE", "/api/v1/tokens/{token_id}", ids=new)["revoked_at"]
         # the log stream of an ended run: every line it printed, each its documented object, then the end
@@ -358,6 +360,9 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
                 # uploads: tests/api/test_uploads.py sends real files (checked against this document by the server)
                 "POST /api/v1/datasets/{name}/versions",
                 "POST /api/v1/runs",
+                # a drift check on the copy would fire the demo's trigger and roll the replicas it shares
+                # (tests/monitoring/test_loop.py runs one through the remote CLI)
+                "POST /api/v1/monitoring/{name}/run",
             }
         )
         # and the answers are still the CLI's --json
@@ -366,6 +371,7 @@ def test_every_answer_on_a_demo_workspace_is_its_documented_schema(demo_run: Dem
         assert client.get("/api/v1/models/malignancy").json() == _cli(ws, "models", "show", "malignancy")
         assert client.get("/api/v1/monitoring").json() == _cli(ws, "monitor", "status")
         assert client.get("/api/v1/alerts").json() == _cli(ws, "monitor", "alerts")
+        assert client.get("/api/v1/triggers").json() == _cli(ws, "triggers", "ls") != []
     finally:
         client.close()
         stop(proc)

@@ -346,7 +346,7 @@ def test_a_service_level_breach_on_the_replicas_own_counters_raises_an_slo_alert
 def test_a_rule_that_keeps_statistics_at_their_site_withholds_the_report(loop: Loop) -> None:
     """`aggregate_export: false`: the drift job still runs where the samples are and leaves its report there, but
     not a statistic of it reaches the metadata store; the decision is audited, and no alert or loop can follow.
-    (Last in this module: it leaves withheld reports as the latest.)"""
+    (At the end of this module: it leaves withheld reports as the latest.)"""
     import json as json_
 
     from archipel.policy.audit import AuditLog
@@ -376,3 +376,31 @@ def test_a_rule_that_keeps_statistics_at_their_site_withholds_the_report(loop: L
     assert sorted(e.sites[0] for e in refused) == sorted([FRANKFURT, NETHERLANDS])
     assert all("statistics-stay" in e.reason for e in refused)
     assert len(list_alerts(loop.engine, "malignancy", 1000)) == alerts  # Frankfurt's drift raised nothing
+
+
+def test_a_check_started_from_a_remote_control_plane(loop: Loop) -> None:
+    """`monitor run` against ARCHIPEL_URL: the server runs the drift jobs and the service-level check and answers
+    what the local command prints (checked against its schema by the server); the stored reports are those."""
+    import os
+
+    from tests.api.conftest import start_server, tokens_for
+
+    token = tokens_for(loop.ws, "deploy", name="monitor")["deploy"]
+    proc, url = start_server(loop.ws.root)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIPEL_")}
+        env.update(ARCHIPEL_URL=url, ARCHIPEL_TOKEN=token, NO_COLOR="1", COLUMNS="200")
+        done = subprocess.run([sys.executable, "-m", "archipel.cli", "monitor", "run", "malignancy", "--window", "1h",
+                               "--json"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        shown = subprocess.run([sys.executable, "-m", "archipel.cli", "triggers", "ls", "--json"],
+                               capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    finally:
+        stop(proc)
+    assert {r["site"] for r in answer["drift"]} == {FRANKFURT, NETHERLANDS}
+    assert {r["site"] for r in answer["slo"]} == {FRANKFURT, NETHERLANDS}
+    stored = {r["site"]: r for r in json.loads(_cli(loop, "monitor", "status", "--json").stdout)}
+    assert {r["site"]: r["id"] for r in answer["drift"]} == {s: r["id"] for s, r in stored.items()}
+    assert json.loads(shown.stdout) == json.loads(_cli(loop, "triggers", "ls", "--json").stdout)
+    assert [t["name"] for t in json.loads(shown.stdout)] == ["retrain-on-drift"]

@@ -37,6 +37,8 @@ from archipel.api.schemas import (
     HealthOut,
     LogLineOut,
     ModelOut,
+    ModelReplicaOut,
+    MonitorRunOut,
     NewTokenOut,
     OfferOut,
     PlanOut,
@@ -47,6 +49,7 @@ from archipel.api.schemas import (
     SiteCheckOut,
     SiteOut,
     TokenOut,
+    TriggerOut,
 )
 from archipel.errors import ArchipelError, PolicyViolation, http_status_for
 from archipel.models.deployment import DeploymentSpec
@@ -129,6 +132,23 @@ class Promote(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1)
     to: str = Field(default="production", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+
+
+class ReplicateModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(pattern=NAME, description="The destination site.")
+    version: int | None = Field(default=None, ge=1, description="A version number...")
+    alias: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,62}$", description="...or an alias.")
+
+
+class MonitorRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    window_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 86400,
+        description="How far back, in seconds (default: the deployment's window).",
+    )
 
 
 class NewToken(BaseModel):
@@ -408,6 +428,16 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
 
         return do_promote(workspace, engine, name, body.version, to=body.to).as_json()
 
+    @route("POST", "/api/v1/models/{name}/replicas", "deploy", tags=["models"])
+    def replicate_model(name: Name, body: ReplicateModel) -> ModelReplicaOut:
+        """Copy a version (``version``, or the one ``alias`` points to) to a site, verified, if its training data's
+        policies allow derived models there; 409 with the rule otherwise."""
+        from archipel.services.models import replicate_model as do_replicate
+
+        ref = f"{name}/{body.version}" if body.version else f"{name}@{body.alias}" if body.alias else name
+        version, moved = do_replicate(workspace, engine, ref, body.to)
+        return {"ref": version.ref, "to": body.to, "bytes_moved": moved, "replicas": list(version.replicas)}
+
     # -- deployments ---------------------------------------------------------------------------------------------
     @route("GET", "/api/v1/deployments", "read", tags=["deployments"])
     def deployments() -> list[DeploymentOut]:
@@ -519,6 +549,21 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
         from archipel.services.monitoring import monitor_status
 
         return monitor_status(engine, deployment)
+
+    @route("POST", "/api/v1/monitoring/{name}/run", "deploy", tags=["monitoring"])
+    def monitor_run(name: Name, body: Annotated[MonitorRun, Body()] = MonitorRun()) -> MonitorRunOut:
+        """Check a deployment now: a drift job at each site holding samples (only aggregates come back), the
+        service levels from the replicas' counters; an alert fires its triggers (the answer says how far each
+        loop went). Waits for the drift jobs."""
+        from archipel.services.monitoring import check_slo, run_monitor
+
+        return {"drift": run_monitor(workspace, engine, name, window_s=body.window_s),
+                "slo": check_slo(workspace, engine, name)}  # fmt: skip
+
+    @route("GET", "/api/v1/triggers", "read", tags=["monitoring"])
+    def triggers() -> list[TriggerOut]:
+        """The triggers of ``archipel.yaml``: which alerts of which deployment start which pipeline."""
+        return [{"name": n, **t.model_dump()} for n, t in sorted(workspace.spec.triggers.items())]
 
     @route("GET", "/api/v1/alerts", "read", tags=["monitoring"])
     def alerts(

@@ -49,10 +49,14 @@ __all__ = [
     "DatasetOut",
     "DecisionOut",
     "DeploymentOut",
+    "DriftCheckOut",
     "DriftReportOut",
     "HealthOut",
     "LogLineOut",
+    "LoopOutcomeOut",
     "ModelOut",
+    "ModelReplicaOut",
+    "MonitorRunOut",
     "NewTokenOut",
     "OfferOut",
     "PlanOut",
@@ -62,7 +66,9 @@ __all__ = [
     "RunOut",
     "SiteCheckOut",
     "SiteOut",
+    "SloOut",
     "TokenOut",
+    "TriggerOut",
 ]
 
 Timestamp = Annotated[
@@ -798,6 +804,52 @@ class DriftReportOut(Out):
     """Why there is no verdict (too few rows, the job failed)."""
     schema_: SchemaSkewOut | None = Field(alias="schema")
     created_at: Timestamp
+
+
+class LoopOutcomeOut(Out):
+    trigger: str
+    stage: str
+    """skipped, planned, ran, registered, promoted, rolled-out, or failed-at-<stage>."""
+    reason: str
+    run_id: str | None
+    version: int | None
+
+
+class DriftCheckOut(DriftReportOut):
+    loop: list[LoopOutcomeOut] = []
+    """What the triggers did with the alert a drift raised (absent without one)."""
+
+
+class SloOut(Out):
+    site: str
+    answers: int
+    """Answers the site's replicas counted since they started."""
+    error_rate: float
+    p99_ms: float | None
+    """The upper bound of the latency bucket holding the 99th percentile."""
+
+
+class MonitorRunOut(Out):
+    drift: list[DriftCheckOut]
+    slo: list[SloOut]
+
+
+class TriggerOut(Out):
+    name: str
+    deployment: str
+    on: list[Literal["drift", "slo"]]
+    pipeline: str
+    promote_to: str
+    rollout: bool
+    cooldown_s: float
+
+
+class ModelReplicaOut(Out):
+    ref: str
+    to: str
+    bytes_moved: int
+    """0 when the site held a verified copy already."""
+    replicas: list[str]
 
 
 class AlertOut(Out):

@@ -121,14 +121,19 @@ def monitor_run_command(
     ws = open_workspace()
     engine = open_engine(ws)
     reports = run_monitor(ws, engine, deployment, window_s=_window(window) if window else None)
-    slo = check_slo(ws, engine, deployment)
+    answer = {"drift": reports, "slo": check_slo(ws, engine, deployment)}
     if as_json:
-        print_json({"drift": reports, "slo": slo})
-        return
-    show_reports(reports)
+        print_json(answer)
+    else:
+        show_check(answer)
+
+
+def show_check(answer: dict) -> None:
+    """What ``monitor run`` found (here or from a remote control plane): the drift reports, then service levels."""
     from archipel.cli import render
 
-    for row in slo:
+    show_reports(answer["drift"])
+    for row in answer["slo"]:
         p99 = "-" if row["p99_ms"] is None else f"<= {row['p99_ms']:g} ms"
         render.console().print(
             f"{row['site']}: {row['answers']} answers, {row['error_rate']:.2%} errors, p99 {p99}"

@@ -64,6 +64,24 @@ def _data_replicate(p: dict[str, Any]) -> Call:
     return "POST", f"/api/v1/datasets/{name}/replicas", None, body
 
 
+def _model_replicate(p: dict[str, Any]) -> Call:
+    from archipel.services.models import parse_model_ref
+
+    name, version, alias = parse_model_ref(p["ref"])
+    body = {"to": p["to"], **({"version": version} if version else {}), **({"alias": alias} if alias else {})}
+    return "POST", f"/api/v1/models/{name}/replicas", None, body
+
+
+def _monitor_run(p: dict[str, Any]) -> Call:
+    from archipel.models.units import parse_duration
+
+    try:
+        body = {"window_s": parse_duration(p["window"])} if p["window"] else {}
+    except ValueError as exc:
+        raise SpecError(f"--window {p['window']!r}: {exc}") from None
+    return "POST", f"/api/v1/monitoring/{p['deployment']}/run", None, body
+
+
 def _data_add(p: dict[str, Any]) -> Call:
     path: Path = p["path"]
     if not path.is_file():
@@ -145,6 +163,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
     ("models", "ls"): lambda p: ("GET", "/api/v1/models", None, None),
     ("models", "show"): lambda p: ("GET", f"/api/v1/models/{p['ref']}", None, None),
     ("models", "promote"): _promote,
+    ("models", "replicate"): _model_replicate,
     ("deploy",): _deploy,
     ("deployments", "ls"): lambda p: ("GET", "/api/v1/deployments", None, None),
     ("deployments", "status"): lambda p: ("GET", f"/api/v1/deployments/{p['name']}", None, None),
@@ -159,6 +178,8 @@ COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
     ("audit", "verify"): lambda p: ("GET", "/api/v1/audit/verify", None, None),
     ("monitor", "status"): lambda p: ("GET", "/api/v1/monitoring",
                                       {"deployment": p["deployment"]} if p["deployment"] else None, None),
+    ("monitor", "run"): _monitor_run,
+    ("triggers", "ls"): lambda p: ("GET", "/api/v1/triggers", None, None),
     ("monitor", "alerts"): lambda p: ("GET", "/api/v1/alerts",
                                       {"deployment": p["deployment"]} if p["deployment"] else None, None),
 }  # fmt: skip
@@ -359,6 +380,10 @@ def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
         print(answer["token"])
     elif path == ("runs", "logs"):
         print("\n".join(answer["lines"]))
+    elif path == ("monitor", "run"):
+        from archipel.cli.monitor_cmds import show_check
+
+        show_check(answer)
     else:
         render.records(answer, title=path[0])
     if path == ("sites", "check") and any(r["health"] != "healthy" for r in answer):
