@@ -185,3 +185,30 @@ def test_the_python_sdk_registers_outside_a_job(reg_ws: tuple[Any, Any], breast_
     assert (
         version.card["profile"]["rows"] == 200 and version.lineage["datasets"][0]["ref"] == "patients-eu@v1"
     )
+
+
+def test_an_export_leaves_only_where_the_training_data_lets_derived_models_go(
+    reg_ws: tuple[Any, Any], breast_cancer: Any, tmp_path: Any
+) -> None:
+    """`models export-mlflow` writes the model outside every site: a version trained on EU phi data is refused
+    unless the folder is said to be at an EU site; nothing is written when refused; both outcomes are audited."""
+    from archipel.services.models import export_mlflow
+
+    ws, engine = reg_ws
+    X, y = breast_cancer
+    _register(ws, engine, _sklearn_model(X, y), X, y)
+    for at in (None, "aws-us-east-1"):
+        with pytest.raises(PolicyViolation) as refused:
+            export_mlflow(ws, engine, "malignancy/1", tmp_path / f"out-{at}", at=at)
+        assert refused.value.rule == "default-personal-data-residency"
+        assert ("--at SITE" in str(refused.value)) == (at is None)
+        assert not (tmp_path / f"out-{at}").exists()
+    written = export_mlflow(ws, engine, "malignancy/1", tmp_path / "eu", at="onprem-frankfurt")
+    assert (written / "model.onnx").is_file() and (written / "MLmodel").is_file()
+    log = AuditLog(engine, ws.state_dir)
+    decisions = [
+        (e.outcome, e.sites) for e in log.entries(action="policy.derive_export") if "export" in e.details
+    ]
+    assert decisions == [("refused", ("a folder outside every site",)), ("refused", ("aws-us-east-1",)),
+                         ("allowed", ("onprem-frankfurt",))]  # fmt: skip
+    assert [e.subject for e in log.entries(action="model.export")] == ["malignancy/1"]

@@ -274,13 +274,19 @@ def models_import_mlflow(
 def models_export_mlflow(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/N.")],
     dest: Annotated[Path, typer.Argument(help="The directory to create.")],
+    at: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--at", help="The site whose machine holds DEST (the policies decide whether it may go there)."
+        ),
+    ] = None,
 ) -> None:
-    """Write a version as an MLflow model directory with the onnx flavor."""
+    """Write a version as an MLflow model directory with the onnx flavor, if its data's policies let it leave."""
     from archipel.cli import render_models
     from archipel.services.models import export_mlflow
 
     ws = open_workspace()
-    written = export_mlflow(ws, open_engine(ws), ref, dest)
+    written = export_mlflow(ws, open_engine(ws), ref, dest, at=at)
     render_models.console().print(f"Wrote {written} (MLflow onnx flavor)")
 
 

@@ -678,11 +678,31 @@ def import_mlflow(
         lineage={"mlflow": source, "estimator": imported.estimator}, description=description)  # fmt: skip
 
 
-def export_mlflow(workspace: Workspace, engine: Engine, ref: str, dest: Path) -> Path:
-    """A version as an MLflow model directory with the onnx flavor (its lineage and metrics as metadata)."""
+OUTSIDE = Place("a folder outside every site", provider="unknown", jurisdiction="unknown")
+"""Where an export goes unless its caller says which site's machine the folder is on."""
+
+
+def export_mlflow(
+    workspace: Workspace, engine: Engine, ref: str, dest: Path, *, at: str | None = None
+) -> Path:
+    """A version as an MLflow model directory with the onnx flavor (its lineage and metrics as metadata).
+
+    The folder leaves archipel's sites, so the version's training data must let derived models go there
+    (``derive_export``): to a folder at site ``at`` (a machine of that site) when given, else anywhere: data
+    under a residency rule is refused until ``at`` names a site the rule allows. Audited either way."""
     from archipel.registry.mlflow_io import write_mlflow_model
 
     version = get_version(engine, ref)
+    place = Place.of(at, workspace.site(at)) if at else OUTSIDE
+    audit = AuditLog(engine, workspace.state_dir)
+    for subject in version.subjects():
+        decision = evaluate("derive_export", subject, place, rules=workspace.spec.policies)
+        audit.record_decision(decision, details={"export": str(dest)})
+        if not decision.allowed:
+            hint = (
+                "" if at else "; if the folder is on a machine of an allowed site, say which with --at SITE"
+            )
+            raise PolicyViolation(decision.reason + hint, rule=decision.rule, reason=decision.reason)
     metadata = {
         "archipel_model": version.ref,
         "sha256": version.sha256,
@@ -691,4 +711,7 @@ def export_mlflow(workspace: Workspace, engine: Engine, ref: str, dest: Path) ->
         "run_id": version.lineage.get("run_id"),
         "feature_names": version.signature.get("feature_names"),
     }
-    return write_mlflow_model(Path(dest), onnx=onnx_bytes(workspace, version), metadata=metadata)
+    written = write_mlflow_model(Path(dest), onnx=onnx_bytes(workspace, version), metadata=metadata)
+    audit.record(action="model.export", subject=version.ref, outcome="done", sites=[at] if at else [],
+                 reason=f"written as an MLflow model to {written}", details={"sha256": version.sha256})  # fmt: skip
+    return written
