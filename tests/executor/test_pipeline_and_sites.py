@@ -163,3 +163,57 @@ def test_a_dead_site_moves_the_run_to_an_allowed_site_and_never_to_a_forbidden_o
         reconciler.close()
         for site in ("onprem-frankfurt", "gcp-europe-west4"):
             revive_site(ws, engine, site)
+
+
+def test_a_site_dying_before_its_newest_checkpoint_was_copied_resumes_from_the_one_before(
+    runs_ws: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """The newest checkpoints exist only at the site that dies (written since the last copy left): recovery takes
+    the newest one held elsewhere, redoing a few steps, instead of waiting for the dead site; audited."""
+    from archipel.policy.audit import AuditLog
+    from archipel.services.data import replicate_dataset
+
+    ws, engine = runs_ws
+    replicate_dataset(ws, engine, "patients-eu", "gcp-europe-west4")
+    run_id = submit(ws, engine, write_job(tmp_path / "j", SLOW))
+    reconciler = Reconciler(ws, engine)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            reconciler.tick()
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        _wait(
+            lambda: (c := get_run(engine, run_id).steps[0]["checkpoint"]) is not None and len(c["sites"]) > 1
+        )
+        stop.set()  # nobody reads the job's events now: its next checkpoints stay at its site alone
+        thread.join()
+        first_site = get_run(engine, run_id).steps[0]["site"]
+        time.sleep(1.2)  # four more checkpoint intervals
+        kill_site(ws, engine, first_site, storage=True)
+        stop.clear()
+        thread = threading.Thread(target=loop)
+        thread.start()
+        _wait(
+            lambda: len(get_run(engine, run_id).attempts) >= 2 and get_run(engine, run_id).state == "RUNNING"
+        )
+        view = get_run(engine, run_id)
+        fallback = AuditLog(engine, ws.state_dir).entries(action="run.checkpoint_fallback")
+        assert len(fallback) == 1, [e.reason for e in fallback]
+        used, newest = fallback[0].details["used"], fallback[0].details["newest"]
+        assert used < newest and f"held only at {first_site}" in fallback[0].reason
+        assert view.attempts[-1]["site"] != first_site
+        assert f"resumed from checkpoint {used} " in view.steps[0]["message"]
+        assert view.steps[0]["checkpoint"]["seq"] >= used  # the new attempt goes on from there
+        cancel_run(ws, engine, run_id)
+        _wait(lambda: get_run(engine, run_id).state == "CANCELLED")
+    finally:
+        stop.set()
+        thread.join()
+        reconciler.close()
+        revive_site(ws, engine, "onprem-frankfurt")
+        revive_site(ws, engine, "gcp-europe-west4")

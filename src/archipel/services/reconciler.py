@@ -76,6 +76,18 @@ class _Step:
     attempt: dict[str, Any] | None
 
 
+def _with_previous(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A new checkpoint record carrying, as ``previous``, the newest earlier one held beyond the new one's site: what
+    a recovery falls back to when the new one's only site dies before a copy of it leaves."""
+    site = new["sites"][0]
+    older = None
+    if stored is not None:
+        older = stored if any(s != site for s in stored["sites"]) else stored.get("previous")
+    if older is None:
+        return new
+    return {**new, "previous": {k: v for k, v in older.items() if k != "previous"}}
+
+
 class Reconciler:
     """Drives runs; see the module docstring. Thread-compatible: one ``tick`` at a time per instance."""
 
@@ -436,43 +448,60 @@ class Reconciler:
     def _checkpoint_at(
         self, step: _Step, site: str, subjects: list[Subject], tags: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """The latest checkpoint, present at ``site`` (copied from a healthy holder first)."""
-        ckpt = step.row["checkpoint"]
-        if ckpt is None:
+        """The latest checkpoint, present at ``site`` (copied from a healthy holder first). When no healthy site
+        holds it (it was written just before its site died, before a copy left), the one before it, which was
+        copied off that site: a few more steps redone rather than a run that waits for a dead site."""
+        latest = step.row["checkpoint"]
+        if latest is None:
             return None
-        if site not in ckpt["sites"]:
-            health = self._health()
-            holders = [s for s in ckpt["sites"] if health.get(s) not in UNHEALTHY]
-            last: Exception | None = None
-            for holder in holders:
-                try:
-                    move_object(
-                        self.workspace,
-                        self.engine,
-                        action="derive_export",
-                        subjects=subjects,
-                        what=f"checkpoint {ckpt['seq']} of run {step.run_id}",
-                        key=ckpt["key"],
-                        sha256=ckpt["sha256"],
-                        size=ckpt["size"],
-                        src_site=holder,
-                        dst_site=site,
-                        run_id=step.run_id,
-                        tags=tags,
-                    )
-                    break
-                except PolicyViolation:
-                    raise
-                except ArchipelError as exc:
-                    last = exc
-            else:
-                raise ArchipelError(
-                    f"checkpoint {ckpt['seq']} is held only at {', '.join(ckpt['sites'])}, none reachable"
-                    + (f" ({last})" if last else "")
-                )
-            ckpt = {**ckpt, "sites": [*ckpt["sites"], site]}
-            self._set_step(step, RunState(step.row["state"]), step.row["message"], checkpoint=ckpt)
-        return {k: ckpt[k] for k in ("key", "sha256", "size", "seq", "step")}
+        problems: list[str] = []
+        for fallback, ckpt in ((False, latest), (True, latest.get("previous"))):
+            if ckpt is None:
+                continue
+            try:
+                placed = self._place_checkpoint(step, ckpt, site, subjects, tags)
+            except PolicyViolation:
+                raise
+            except ArchipelError as exc:
+                problems.append(str(exc))
+                continue
+            if fallback:
+                log.warning("run %s step %s resumes from checkpoint %s: %s", step.run_id, step.name,
+                            placed["seq"], problems[0])  # fmt: skip
+                AuditLog(self.engine, self.workspace.state_dir).record(
+                    action="run.checkpoint_fallback", subject=f"{step.run_id}/{step.name}", outcome="done",
+                    reason=f"resumed from checkpoint {placed['seq']}: {problems[0]}", sites=[site],
+                    details={"newest": latest["seq"], "used": placed["seq"]})  # fmt: skip
+            if placed is not ckpt or fallback:  # a new holder, or the older one now the one to resume from
+                self._set_step(step, RunState(step.row["state"]), step.row["message"], checkpoint=placed)
+            return {k: placed[k] for k in ("key", "sha256", "size", "seq", "step")}
+        raise ArchipelError("; ".join(problems))
+
+    def _place_checkpoint(
+        self, step: _Step, ckpt: dict[str, Any], site: str, subjects: list[Subject], tags: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``ckpt`` as a copy at ``site``: as it is when the site holds it, else copied there from a healthy
+        holder (the copy is the policy's to allow); its record with ``site`` among its holders."""
+        if site in ckpt["sites"]:
+            return ckpt
+        health = self._health()
+        holders = [s for s in ckpt["sites"] if health.get(s) not in UNHEALTHY]
+        last: Exception | None = None
+        for holder in holders:
+            try:
+                move_object(self.workspace, self.engine, action="derive_export", subjects=subjects,
+                            what=f"checkpoint {ckpt['seq']} of run {step.run_id}", key=ckpt["key"],
+                            sha256=ckpt["sha256"], size=ckpt["size"], src_site=holder, dst_site=site,
+                            run_id=step.run_id, tags=tags)  # fmt: skip
+                return {**ckpt, "sites": [*ckpt["sites"], site]}
+            except PolicyViolation:
+                raise
+            except ArchipelError as exc:
+                last = exc
+        raise ArchipelError(
+            f"checkpoint {ckpt['seq']} is held only at {', '.join(ckpt['sites'])}, none reachable"
+            + (f" ({last})" if last else "")
+        )
 
     def _launch(
         self,
@@ -584,7 +613,7 @@ class Reconciler:
         recorded = attempt.get("heartbeat_at")
         if not events and (beat is None or (recorded is not None and (beat - recorded).total_seconds() < 5)):
             return  # nothing new: no write at every tick (the recorded heartbeat is informational, to 5 s)
-        checkpoint, outputs = step.row["checkpoint"], dict(step.row["outputs"])
+        checkpoint, outputs = None, dict(step.row["outputs"])
         metrics = []
         models: list[dict[str, Any]] = []
         for event in events:
@@ -596,7 +625,7 @@ class Reconciler:
             elif kind in ("param", "artifact"):
                 metrics.append(RunMetricRow(run_id=step.run_id, step=step.name, attempt=attempt["number"],
                     kind=kind, key=str(event["key"])[:255], text=str(event.get("text", ""))))  # fmt: skip
-            elif kind == "checkpoint":
+            elif kind == "checkpoint":  # the older ones are carried over below, from the stored one
                 checkpoint = {k: event[k] for k in ("key", "sha256", "size", "seq", "step")}
                 checkpoint["sites"] = [attempt["site"]]
             elif kind == "model":
@@ -616,10 +645,13 @@ class Reconciler:
             step_row = session.scalars(
                 select(RunStepRow).where(RunStepRow.run_id == step.run_id, RunStepRow.step == step.name)
             ).one()
-            step_row.checkpoint, step_row.outputs = checkpoint, outputs
+            if checkpoint is not None:  # else the stored one stands (a background copy may have added a site)
+                checkpoint = _with_previous(checkpoint, step_row.checkpoint)
+                step_row.checkpoint = checkpoint
+            step_row.outputs = outputs
         attempt["events_offset"] = offset
         attempt["heartbeat_at"] = beat if beat is not None else recorded
-        step.row.update(checkpoint=checkpoint, outputs=outputs)
+        step.row.update(outputs=outputs, **({"checkpoint": checkpoint} if checkpoint is not None else {}))
 
     def _datasets_of(self, spec: PipelineSpec, name: str, plan: dict[str, Any]) -> list[str]:
         """The pinned dataset versions a step's outputs derive from (its own inputs and its ancestors')."""
