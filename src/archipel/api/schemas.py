@@ -44,6 +44,8 @@ __all__ = [
     "AuditEntryOut",
     "AuditVerifyOut",
     "CancelOut",
+    "CheckpointCopyOut",
+    "CheckpointOut",
     "CostReportOut",
     "DatasetAddOut",
     "DatasetOut",
@@ -381,7 +383,7 @@ class PlanOut(Out):
 # -- runs ------------------------------------------------------------------------------------------------------
 
 
-class CheckpointOut(Out):
+class CheckpointCopyOut(Out):
     key: str
     sha256: str
     size: int
@@ -390,6 +392,12 @@ class CheckpointOut(Out):
     """The training step it was saved at, when the code said."""
     sites: list[str]
     """Sites holding a verified copy."""
+
+
+class CheckpointOut(CheckpointCopyOut):
+    previous: CheckpointCopyOut | None = None
+    """The newest earlier checkpoint held beyond this one's site: what a recovery resumes from if this one's only
+    site dies before a copy of it leaves."""
 
 
 class StepOutputOut(Out):
