@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.docs.doccmds import ROOT, blocks, run_doc
+from tests.docs.doccmds import ROOT, DocRun, blocks, run_doc
 
 DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NO_TEST_ALLOWED = 12
 """The ``no-test`` blocks (real clouds, the suite itself) all docs may have: raising it is a decision, not a drift."""
 
 
+LANES = 2
+"""Pages run two at a time, each in its own folder with its own free ports and ARCHIPEL_HOME: a page is mostly
+process start-ups, one after another, and one page at a time left the second core idle."""
+PAGES = [p for p in DOCS if blocks(p)]
+
+
+@pytest.fixture(scope="module")
+def page_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, Future[DocRun]]]:
+    """Every page started at once on :data:`LANES` workers; each test waits for its own."""
+    pool = ThreadPoolExecutor(LANES, thread_name_prefix="docs")
+    futures = {page: pool.submit(run_doc, page, tmp_path_factory.mktemp("docs") / "session", timeout_s=280)
+               for page in PAGES}  # fmt: skip
+    try:
+        yield futures
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in DOCS if blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_command_in_the_file_runs(path: Path, tmp_path: Path) -> None:
-    run = run_doc(path, tmp_path / "session", timeout_s=280)
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_command_in_the_file_runs(path: Path, page_runs: dict[Path, Future[DocRun]]) -> None:
+    run = page_runs[path].result()
     assert run.returncode == 0, f"{path.name}: failed at {run.failed_at}\n{run.output[-6000:]}"
 
 
