@@ -108,6 +108,33 @@ checkpoint: 0.3s
 """
 
 
+class Ticker:
+    """A reconciler ticking every 0.1 s on a thread of its own, as `archipel server` runs it; pausable."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler, self._stop, self._thread = reconciler, threading.Event(), None
+        self.start()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.reconciler.tick()
+            time.sleep(0.1)
+
+    def pause(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        self.pause()
+        self.reconciler.close()
+
+
 def _wait(predicate: Any, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -123,16 +150,7 @@ def test_a_dead_site_moves_the_run_to_an_allowed_site_and_never_to_a_forbidden_o
 
     replicate_dataset(ws, engine, "patients-eu", "gcp-europe-west4")  # the data survives one site's loss
     run_id = submit(ws, engine, write_job(tmp_path / "j", SLOW))
-    reconciler = Reconciler(ws, engine)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            reconciler.tick()
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=loop)
-    thread.start()
+    ticker = Ticker(Reconciler(ws, engine))
     try:
         # the plan's choice runs, checkpoints, and a copy of its checkpoint reaches a fallback site
         _wait(
@@ -158,9 +176,7 @@ def test_a_dead_site_moves_the_run_to_an_allowed_site_and_never_to_a_forbidden_o
         cancel_run(ws, engine, run_id)
         _wait(lambda: get_run(engine, run_id).state == "CANCELLED")
     finally:
-        stop.set()
-        thread.join()
-        reconciler.close()
+        ticker.close()
         for site in ("onprem-frankfurt", "gcp-europe-west4"):
             revive_site(ws, engine, site)
 
@@ -176,28 +192,16 @@ def test_a_site_dying_before_its_newest_checkpoint_was_copied_resumes_from_the_o
     ws, engine = runs_ws
     replicate_dataset(ws, engine, "patients-eu", "gcp-europe-west4")
     run_id = submit(ws, engine, write_job(tmp_path / "j", SLOW))
-    reconciler = Reconciler(ws, engine)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            reconciler.tick()
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=loop)
-    thread.start()
+    ticker = Ticker(Reconciler(ws, engine))
     try:
         _wait(
             lambda: (c := get_run(engine, run_id).steps[0]["checkpoint"]) is not None and len(c["sites"]) > 1
         )
-        stop.set()  # nobody reads the job's events now: its next checkpoints stay at its site alone
-        thread.join()
+        ticker.pause()  # nobody reads the job's events now: its next checkpoints stay at its site alone
         first_site = get_run(engine, run_id).steps[0]["site"]
         time.sleep(1.2)  # four more checkpoint intervals
         kill_site(ws, engine, first_site, storage=True)
-        stop.clear()
-        thread = threading.Thread(target=loop)
-        thread.start()
+        ticker.start()
         _wait(
             lambda: len(get_run(engine, run_id).attempts) >= 2 and get_run(engine, run_id).state == "RUNNING"
         )
@@ -212,8 +216,6 @@ def test_a_site_dying_before_its_newest_checkpoint_was_copied_resumes_from_the_o
         cancel_run(ws, engine, run_id)
         _wait(lambda: get_run(engine, run_id).state == "CANCELLED")
     finally:
-        stop.set()
-        thread.join()
-        reconciler.close()
+        ticker.close()
         revive_site(ws, engine, "onprem-frankfurt")
         revive_site(ws, engine, "gcp-europe-west4")
