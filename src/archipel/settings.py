@@ -7,6 +7,7 @@
 | ``ARCHIPEL_DB_URL`` | metadata store URL; overrides ``metadata_store`` in ``archipel.yaml`` |
 | ``ARCHIPEL_LOG_LEVEL`` | ``debug``, ``info`` (default), ``warning``, ``error`` |
 | ``ARCHIPEL_NO_COLOR`` / ``NO_COLOR`` | plain output |
+| ``ARCHIPEL_MAX_UPLOAD_MIB`` | the largest data file ``archipel server`` takes in an upload (default 2048) |
 """
 
 from __future__ import annotations

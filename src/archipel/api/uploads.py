@@ -30,13 +30,13 @@ from fastapi.concurrency import run_in_threadpool
 from archipel.api.app import NAME, Name, context, guard
 from archipel.api.schemas import DatasetAddOut, RunOut
 from archipel.errors import SpecError, TooLarge
+from archipel.executor.launch import MAX_JOB_FOLDER_BYTES
 
-__all__ = ["MAX_CODE_BYTES", "max_data_bytes", "router"]
+__all__ = ["MAX_CODE_BYTES", "max_data_bytes", "router", "unpack"]
 
 router = APIRouter()
-MAX_CODE_BYTES = 100 * 2**20
-"""A job's folder, packed or unpacked (``archipel.executor.launch`` holds a local one to the same)."""
-CHUNK = 1 << 20
+MAX_CODE_BYTES = MAX_JOB_FOLDER_BYTES
+"""A job's folder, packed or unpacked: the limit a local run's snapshot has."""
 BINARY = {
     "required": True,
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},

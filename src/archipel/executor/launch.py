@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from archipel.workspace import Workspace
 
 __all__ = [
+    "MAX_JOB_FOLDER_BYTES",
     "cache_key",
     "code_hash",
     "code_snapshot",
@@ -28,7 +29,8 @@ __all__ = [
 ]
 
 _SKIP = {".git", ".archipel", "__pycache__", ".venv", ".hypothesis", "node_modules"}
-_MAX_CODE_BYTES = 100 * 2**20
+MAX_JOB_FOLDER_BYTES = 100 * 2**20
+"""What a run snapshots of a job's folder (and a remote run may upload) at most."""
 
 
 def job_files(source: Path) -> list[tuple[Path, Path]]:
@@ -40,7 +42,7 @@ def job_files(source: Path) -> list[tuple[Path, Path]]:
         if any(part in _SKIP for part in rel.parts) or not path.is_file():
             continue
         total += path.stat().st_size
-        if total > _MAX_CODE_BYTES:
+        if total > MAX_JOB_FOLDER_BYTES:
             raise UserError(f"{source} holds more than 100 MiB of files; point workdir at the code only")
         found.append((path, rel))
     return found
