@@ -563,7 +563,9 @@ def create_app(workspace: Workspace, engine: Engine) -> FastAPI:
     @route("GET", "/api/v1/triggers", "read", tags=["monitoring"])
     def triggers() -> list[TriggerOut]:
         """The triggers of ``archipel.yaml``: which alerts of which deployment start which pipeline."""
-        return [{"name": n, **t.model_dump()} for n, t in sorted(workspace.spec.triggers.items())]
+        from archipel.services.monitoring import list_triggers
+
+        return list_triggers(workspace)
 
     @route("GET", "/api/v1/alerts", "read", tags=["monitoring"])
     def alerts(

@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from archipel.cli import render
 from archipel.cli.demo_data import data_step
 from archipel.cli.demo_ledger import ledger_step
-from archipel.cli.demo_models import models_step
+from archipel.cli.demo_models import MODEL, PRODUCTION, models_step
 from archipel.cli.demo_monitor import monitor_step
 from archipel.cli.demo_plan import plan_step
 from archipel.cli.demo_run import run_step
@@ -66,7 +66,7 @@ STEPS: list[tuple[str, str, Step]] = [
 """(summary key, title, step): the story in order; each step returns its figures and its checks."""
 
 NEXT = (
-    ("what is where", "sites ls", "data ls", "data show patients-eu", "models show malignancy"),
+    ("what is where", "sites ls", "data ls", "data show patients-eu", f"models show {MODEL}"),
     (
         "why",
         "policy check --data patients-eu --site aws-us-east-1",
@@ -130,9 +130,7 @@ def keep_serving(workspace: Workspace, engine: Engine, out: Console) -> dict[str
     from archipel.services.deployments import deploy
     from archipel.services.tokens import create_token
 
-    view = deploy(
-        workspace, engine, DeploymentSpec(name="malignancy", model="malignancy@production", sites=SITES)
-    )
+    view = deploy(workspace, engine, DeploymentSpec(name=MODEL, model=PRODUCTION, sites=SITES))
     token = create_token(workspace, engine, scope="infer", name="demo-kept", origins=["EU"])[0]
     token_file = workspace.state_dir / "demo-token"
     token_file.touch(mode=0o600)
@@ -140,13 +138,13 @@ def keep_serving(workspace: Workspace, engine: Engine, out: Console) -> dict[str
     gateway, url = _detached(workspace, "gateway", "--port", "0")
     server, dashboard = _detached(workspace, "server", "--port", "0")
     out.print(
-        f"Kept running: malignancy v{view.version} at {', '.join(r['site'] for r in view.replicas)} behind the "
+        f"Kept running: {MODEL} v{view.version} at {', '.join(r['site'] for r in view.replicas)} behind the "
         f"gateway at [bold]{url}[/] (pid {gateway.pid}); the control plane's API and dashboard at "
         f"[bold]{dashboard}[/] (pid {server.pid}). The token (scope infer, origin EU; it reads the dashboard too) "
         f"is in {token_file}, never printed:\n"
         f'  curl -H "Authorization: Bearer $(cat {token_file})" -H "X-Archipel-Origin: EU" '
-        f"{url}/v2/models/malignancy\n"
-        f"Stop them with: kill {gateway.pid} {server.pid}; archipel -w {workspace.root} deployments down malignancy"
+        f"{url}/v2/models/{MODEL}\n"
+        f"Stop them with: kill {gateway.pid} {server.pid}; archipel -w {workspace.root} deployments down {MODEL}"
     )
     return {"url": url, "gateway_pid": gateway.pid, "dashboard_url": dashboard, "server_pid": server.pid,
             "version": view.version, "token_file": str(token_file)}  # fmt: skip

@@ -15,32 +15,35 @@ from archipel.errors import PolicyViolation
 from archipel.services.models import get_model, predict, promote, replicate_model
 from archipel.workspace import Workspace
 
-__all__ = ["GATE", "models_step"]
+__all__ = ["GATE", "MODEL", "PRODUCTION", "models_step"]
 
+MODEL = "malignancy"
+"""The name examples/train.py logs its model under; the demo serves it under the same name."""
+PRODUCTION = f"{MODEL}@production"
 GATE = ["accuracy >= 0.9", "auc >= 0.95", "accuracy >= production.accuracy - 0.01"]
 
 
 def models_step(
     workspace: Workspace, engine: Engine, out: Console, run_id: str
 ) -> tuple[dict[str, Any], dict[str, bool]]:
-    model = get_model(engine, "malignancy")
+    model = get_model(engine, MODEL)
     version = next(v for v in model.versions if v.lineage.get("run_id") == run_id)
     render_models.version(version)
-    promotion = promote(workspace, engine, "malignancy", version.version, gates=GATE)
+    promotion = promote(workspace, engine, MODEL, version.version, gates=GATE)
     render_models.promotion(promotion)
     others = [s for s in ("onprem-frankfurt", "gcp-europe-west4") if s != version.home_site]
-    copied, moved = replicate_model(workspace, engine, "malignancy@production", others[0])
+    copied, moved = replicate_model(workspace, engine, PRODUCTION, others[0])
     out.print(f"Copied {copied.ref} to {others[0]}: {moved} bytes, verified")
     refused_rule = None
     try:
-        replicate_model(workspace, engine, "malignancy@production", "aws-us-east-1")
+        replicate_model(workspace, engine, PRODUCTION, "aws-us-east-1")
     except PolicyViolation as exc:
         refused_rule = exc.rule
         out.print(f"[red]Refused[/] {copied.ref} → aws-us-east-1 by rule [bold]{exc.rule}[/]: {exc.reason}")
     features = version.signature["feature_names"]
     rows = patient_rows(workspace, engine, features, version.home_site)[:50].tolist()
-    home = predict(workspace, engine, "malignancy@production", rows, site=version.home_site)["outputs"]
-    there = predict(workspace, engine, "malignancy@production", rows, site=others[0])["outputs"]
+    home = predict(workspace, engine, PRODUCTION, rows, site=version.home_site)["outputs"]
+    there = predict(workspace, engine, PRODUCTION, rows, site=others[0])["outputs"]
     diff = float(np.abs(np.asarray(home["probabilities"]) - np.asarray(there["probabilities"])).max())
     out.print(
         f"{copied.ref} at {others[0]} scores 50 patients exactly as at {version.home_site} (max |diff| {diff:g}); "
@@ -48,7 +51,7 @@ def models_step(
         f"auc {version.metrics.get('auc', float('nan')):.3f}"
     )
     summary = {
-        "model": "malignancy",
+        "model": MODEL,
         "version": version.version,
         "sha256": version.sha256,
         "run_id": run_id,

@@ -14,7 +14,7 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from archipel.cli.demo_data import patient_rows
-from archipel.cli.demo_models import GATE
+from archipel.cli.demo_models import GATE, MODEL, PRODUCTION
 from archipel.cli.demo_run import examples_folder
 from archipel.cli.monitor_cmds import show_reports
 from archipel.models.deployment import DeploymentSpec
@@ -28,7 +28,7 @@ __all__ = ["monitor_step"]
 DRIFTED, STEADY = "onprem-frankfurt", "gcp-europe-west4"
 SHIFTED = "mean_texture"
 ROWS = 2400  # the replicas' samplers write every 2000 rows
-TRIGGER = {"retrain-on-drift": {"deployment": "malignancy", "on": ["drift"], "pipeline": "jobs/retrain.yaml"}}
+TRIGGER = {"retrain-on-drift": {"deployment": MODEL, "on": ["drift"], "pipeline": "jobs/retrain.yaml"}}
 
 
 def monitor_step(
@@ -36,13 +36,13 @@ def monitor_step(
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     workspace = _with_trigger(workspace)
     spec = DeploymentSpec.model_validate({
-        "name": "malignancy", "model": "malignancy@production", "sites": [DRIFTED, STEADY], "sample_rate": 1.0,
+        "name": MODEL, "model": PRODUCTION, "sites": [DRIFTED, STEADY], "sample_rate": 1.0,
         "monitoring": {"window_s": 900, "drift_share": 0.1, "min_rows": 300, "min_count_per_bin": 10},
     })  # fmt: skip
     urls = {r["site"]: r["url"] for r in deploy(workspace, engine, spec).replicas}
-    before = get_deployment(engine, "malignancy").version
+    before = get_deployment(engine, MODEL).version
     try:
-        features = get_version(engine, "malignancy@production").signature["feature_names"]
+        features = get_version(engine, PRODUCTION).signature["feature_names"]
         rows = patient_rows(workspace, engine, features, DRIFTED)
         rng = np.random.default_rng(8)
         shift = float(rows[:, features.index(SHIFTED)].std())
@@ -53,29 +53,27 @@ def monitor_step(
             for part in np.array_split(sent, 6):
                 body = {"inputs": [{"name": "input", "shape": list(part.shape), "datatype": "FP32",
                                     "data": part.reshape(-1).tolist()}]}  # fmt: skip
-                httpx.post(
-                    f"{urls[site]}/v2/models/malignancy/infer", json=body, timeout=30
-                ).raise_for_status()
+                httpx.post(f"{urls[site]}/v2/models/{MODEL}/infer", json=body, timeout=30).raise_for_status()
         out.print(
             f"Sent {ROWS} patients to each site; at {DRIFTED} their {SHIFTED} is {shift:.1f} higher (1 std)."
         )
         _wait_for_samples(workspace, engine)
-        reports = run_monitor(workspace, engine, "malignancy")
+        reports = run_monitor(workspace, engine, MODEL)
         show_reports(reports)
     finally:
-        down(workspace, engine, "malignancy")
+        down(workspace, engine, MODEL)
     by_site = {r["site"]: r for r in reports}
     drifted = by_site.get(DRIFTED, {})
     loop = (drifted.get("loop") or [{}])[-1]
-    after = get_deployment(engine, "malignancy").version
-    new = get_version(engine, "malignancy@production")
+    after = get_deployment(engine, MODEL).version
+    new = get_version(engine, PRODUCTION)
     feature = next((f for f in drifted.get("features", []) if f["feature"] == SHIFTED), {})
     out.print(
         f"{DRIFTED}: {', '.join(drifted.get('drifted', [])) or 'nothing'} drifted ({feature.get('test')} "
         f"{feature.get('score', float('nan')):.3f} > {feature.get('threshold')}, PSI {feature.get('psi', 0):.2f}) on "
         f"{drifted.get('rows')} sampled rows; {STEADY}: {by_site.get(STEADY, {}).get('verdict')}. Only these "
         f"aggregates left the sites. The trigger: {loop.get('stage')} ({loop.get('reason')}); "
-        f"malignancy/{new.version} accuracy {new.metrics.get('accuracy', float('nan')):.3f}."
+        f"{MODEL}/{new.version} accuracy {new.metrics.get('accuracy', float('nan')):.3f}."
     )
     summary = {
         "reports": {s: {"verdict": r["verdict"], "rows": r["rows"], "drifted": r["drifted"], "id": r["id"]}
@@ -96,7 +94,7 @@ def _with_trigger(workspace: Workspace) -> Workspace:
     (workspace.root / "jobs" / "retrain.yaml").write_text((examples_folder() / "retrain.yaml").read_text())
     text = workspace.file.read_text(encoding="utf-8")
     if "\ntriggers:" not in text:
-        added = {"models": {"malignancy": {"gates": {"production": GATE}}}, "triggers": TRIGGER}
+        added = {"models": {MODEL: {"gates": {"production": GATE}}}, "triggers": TRIGGER}
         workspace.file.write_text(text + "\n" + yaml.safe_dump(added, sort_keys=False), "utf-8")
     return load_workspace(workspace.root)
 
@@ -108,12 +106,12 @@ def _wait_for_samples(workspace: Workspace, engine: Engine) -> None:
 
     import pyarrow.parquet as pq
 
-    version = get_deployment(engine, "malignancy").version
+    version = get_deployment(engine, MODEL).version
     deadline = time.monotonic() + 30
     for site in (DRIFTED, STEADY):
         store = workspace.storage(site)
         while sum(pq.read_metadata(io.BytesIO(store.get(i.key))).num_rows
-                  for i in store.list(f"samples/malignancy/{version}/{site}/")) < 2000:  # fmt: skip
+                  for i in store.list(f"samples/{MODEL}/{version}/{site}/")) < 2000:  # fmt: skip
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the request samples at {site} did not reach 2000 rows in 30 s")
             time.sleep(0.1)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
 from archipel.cli.demo_data import patient_rows
+from archipel.cli.demo_models import MODEL, PRODUCTION
 from archipel.models.deployment import DeploymentSpec
 from archipel.services.chaos import kill_site, revive_site
 from archipel.services.deployments import deploy, down
@@ -38,7 +39,7 @@ def serve_step(
 
     seconds = SECONDS / 2 if fast else SECONDS
 
-    spec = DeploymentSpec(name="malignancy", model="malignancy@production", sites=SITES, sample_rate=0)
+    spec = DeploymentSpec(name=MODEL, model=PRODUCTION, sites=SITES, sample_rate=0)
     view = deploy(
         workspace, engine, spec
     )  # (no request samples here: step 8 watches a distribution of its own)
@@ -52,7 +53,7 @@ def serve_step(
     try:
         line = gateway.stdout.readline() if gateway.stdout else ""
         url = f"http://127.0.0.1:{int(line.split()[1])}"
-        features = get_version(engine, "malignancy@production").signature["feature_names"]
+        features = get_version(engine, PRODUCTION).signature["feature_names"]
         rows = patient_rows(workspace, engine, features, SITES[0])[:8]
         body = {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
                             "data": rows.reshape(-1).tolist()}]}  # fmt: skip
@@ -63,7 +64,7 @@ def serve_step(
         def load() -> None:
             with httpx.Client(base_url=url, headers=eu, timeout=10) as client:
                 while not stop.is_set():
-                    answer = client.post("/v2/models/malignancy/infer", json=body)
+                    answer = client.post(f"/v2/models/{MODEL}/infer", json=body)
                     if answer.status_code == 200:
                         served[answer.headers["x-archipel-site"]] += 1
                     else:
@@ -100,12 +101,12 @@ def serve_step(
             progress.update(traffic, total=time.monotonic() - started, completed=time.monotonic() - started,
                             answered=sum(served.values()), failed=sum(failed.values()))  # fmt: skip
         after_kill = served[KILLED] - before[KILLED]
-        us = httpx.post(f"{url}/v2/models/malignancy/infer", json=body,
+        us = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body,
                         headers={"Authorization": f"Bearer {token}", "X-Archipel-Origin": "US"})  # fmt: skip
     finally:
         gateway.terminate()
         gateway.communicate(timeout=30)
-        down(workspace, engine, "malignancy")
+        down(workspace, engine, MODEL)
         revive_site(workspace, engine, KILLED)
         check_sites(workspace, engine, [KILLED])  # back to healthy, as checked, not assumed
     total = sum(served.values()) + sum(failed.values())
@@ -117,7 +118,7 @@ def serve_step(
     )
     out.print(f"A US-origin request for the same model: HTTP {us.status_code} ({us.json().get('error', '')})")
     summary = {
-        "deployment": "malignancy", "sites": SITES, "killed_site": KILLED, "requests": total,
+        "deployment": MODEL, "sites": SITES, "killed_site": KILLED, "requests": total,
         "failed": sum(failed.values()), "served_by_site": dict(served), "served_before_kill": dict(before),
         "ejected_after_ms": round(ejected_ms, 1), "us_origin_status": us.status_code,
     }  # fmt: skip
@@ -135,7 +136,7 @@ def _wait_ready(httpx: Any, url: str, body: dict[str, Any], headers: dict[str, s
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.post(f"{url}/v2/models/malignancy/infer", json=body, headers=headers).status_code == 200:
+            if httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, headers=headers).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -193,7 +193,9 @@ def triggers_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     from archipel.cli.common import print_json
 
     ws = open_workspace()
-    rows = [{"name": n, **t.model_dump()} for n, t in sorted(ws.spec.triggers.items())]
+    from archipel.services.monitoring import list_triggers
+
+    rows = list_triggers(ws)
     if as_json:
         print_json(rows)
         return

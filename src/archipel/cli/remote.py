@@ -1,11 +1,12 @@
 """The CLI against a remote control plane: with ``ARCHIPEL_URL`` (and ``ARCHIPEL_TOKEN``) set, the commands below
 become calls to that ``archipel server``'s REST API instead of reading a local workspace.
 
-One table maps each command to its API call; the API runs the same services the local commands do, so there is no
-second copy of what they decide. ``--json`` prints the API's answer as it is (the same JSON the local command
-prints); without it the answer is shown as tables. Errors come back as the API's kind (``NotFound``,
-``PolicyViolation``...) and leave with the same exit codes as local ones. A command not in the table says it works on
-a local workspace only.
+One table maps each command to its API call (``COMMANDS``; ``ACTIONS`` holds the ones that are more than one call,
+such as ``run``, which sends the job's folder and then follows the run); the API runs the same services the local
+commands do, so there is no second copy of what they decide. ``--json`` prints the API's answer as it is (the same
+JSON the local command prints); without it the answer is shown as tables. Errors come back as the API's kind
+(``NotFound``, ``PolicyViolation``...) and leave with the same exit codes as local ones. A command in neither table
+says it works on a local workspace only.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ from archipel.errors import (
     Unauthorized,
 )
 
-__all__ = ["COMMANDS", "LOCAL", "call", "invocation", "remote_url", "run_remote"]
+__all__ = ["ACTIONS", "COMMANDS", "LOCAL", "call", "invocation", "remote_url", "run_remote"]
 
 Call = tuple[str, str, dict[str, Any] | None, Any]
 """(method, path, query, body): a JSON body, or an :class:`Upload` sent as it is."""
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,11 @@ class Upload:
 
 
 def _data_replicate(p: dict[str, Any]) -> Call:
-    name, _, version = p["ref"].partition("@v")
-    body = {
-        "to": p["to"],
-        "streams": p["streams"],
-        **({"version": int(version)} if version.isdigit() else {}),
-    }
-    if version and not version.isdigit():
-        raise SpecError(f"{p['ref']!r}: give NAME or NAME@vN")
-    return "POST", f"/api/v1/datasets/{name}/replicas", None, body
+    from archipel.data.ingest import parse_ref
+
+    ref = parse_ref(p["ref"])
+    body = {"to": p["to"], "streams": p["streams"], **({"version": ref.version} if ref.version else {})}
+    return "POST", f"/api/v1/datasets/{ref.name}/replicas", None, body
 
 
 def _model_replicate(p: dict[str, Any]) -> Call:
@@ -83,6 +79,8 @@ def _monitor_run(p: dict[str, Any]) -> Call:
 
 
 def _data_add(p: dict[str, Any]) -> Call:
+    from archipel.data.ingest import FORMATS
+
     path: Path = p["path"]
     if not path.is_file():
         raise NotFound(f"no file {path}")
@@ -154,7 +152,6 @@ COMMANDS: dict[tuple[str, ...], Callable[[dict[str, Any]], Call]] = {
                                     {"data": p["data"], "site": p["site"], "action": p["action"],
                                      **({"origin": p["origin"]} if p["origin"] else {})}, None),
     ("plan",): _plan,
-    ("run",): lambda p: ("POST", "/api/v1/runs", None, None),  # run_remote packs the folder and follows (_run)
     ("runs", "ls"): lambda p: ("GET", "/api/v1/runs", {"limit": p["limit"]}, None),
     ("runs", "show"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}", None, None),
     ("runs", "logs"): lambda p: ("GET", f"/api/v1/runs/{p['run_id']}/logs",
@@ -295,12 +292,12 @@ def _run(p: dict[str, Any]) -> None:
     if spec is None:
         raise SpecError("give a job or pipeline file")
     pipeline = load_plan_spec(spec)  # the file's errors with file:line, before anything is sent
-    body = Upload(data=pack(spec.resolve().parent))
     if not p["yes"] and not p["as_json"] and sys.stdin.isatty():
         planned = call("POST", "/api/v1/plans", None, pipeline.model_dump(mode="json", exclude_defaults=True))
         render.records(planned, title="plan")
         if not typer.confirm("Launch?", default=True):
             raise typer.Exit(1)
+    body = Upload(data=pack(spec.resolve().parent))
     run = call("POST", "/api/v1/runs", {"spec": spec.name, "cache": p["cache"]}, body)
     if p["detach"]:
         if p["as_json"]:
@@ -327,6 +324,10 @@ def _run(p: dict[str, Any]) -> None:
             render.console().print("Metrics: " + ", ".join(f"{k}={m['value']:.4g}" for k, m in last.items()))
     if view["state"] != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+ACTIONS: dict[tuple[str, ...], Callable[[dict[str, Any]], None]] = {("run",): _run}
+"""Commands that are more than one call: they send a folder, then follow what it started."""
 
 
 def invocation(argv: list[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
@@ -362,15 +363,15 @@ def run_remote(path: tuple[str, ...], params: dict[str, Any]) -> None:
     from archipel.cli import render
     from archipel.cli.common import print_json
 
+    if path in ACTIONS:
+        ACTIONS[path](params)
+        return
     if path not in COMMANDS:
-        usable = ", ".join(" ".join(p) for p in COMMANDS)
+        usable = ", ".join(" ".join(p) for p in sorted({*COMMANDS, *ACTIONS}))
         raise SpecError(f"`archipel {' '.join(path)}` works on a local workspace only; with ARCHIPEL_URL set, these "
                         f"run against the control plane: {usable}")  # fmt: skip
     if path == ("runs", "logs") and params.get("follow"):
         _follow(params["run_id"], params["step"])
-        return
-    if path == ("run",):
-        _run(params)
         return
     answer = call(*COMMANDS[path](params))
     if params.get("as_json"):

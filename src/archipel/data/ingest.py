@@ -18,7 +18,16 @@ from archipel.errors import NotFound, SpecError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DatasetRef", "Ingested", "ingest_file", "parquet_bytes", "parse_ref", "read_parquet", "schema_of"]
+__all__ = [
+    "FORMATS",
+    "DatasetRef",
+    "Ingested",
+    "ingest_file",
+    "parquet_bytes",
+    "parse_ref",
+    "read_parquet",
+    "schema_of",
+]
 
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@v(?P<version>[1-9][0-9]*))?$")
 
@@ -62,6 +71,10 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+"""File suffix -> the format :func:`ingest_file` reads it as."""
+
+
 def ingest_file(path: Path, *, shown: str | None = None) -> Ingested:
     """Read ``path`` (``.csv``, ``.parquet``/``.pq``) and return its Parquet bytes, identity and schema; errors name
     the file as ``shown`` (default: ``path``)."""
@@ -74,9 +87,9 @@ def ingest_file(path: Path, *, shown: str | None = None) -> Ingested:
         raise NotFound(f"no file {name}")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
+        if FORMATS.get(suffix) == "csv":
             table = pacsv.read_csv(path)
-        elif suffix in (".parquet", ".pq"):
+        elif FORMATS.get(suffix) == "parquet":
             table = pq.read_table(path)
         else:
             raise SpecError(f"{name}: unsupported format {suffix or '(none)'!r}; use .csv or .parquet")

@@ -21,7 +21,7 @@ from archipel.policy.engine import Place, Subject, evaluate
 from archipel.transfer.engine import Endpoint, transfer
 from archipel.workspace import Workspace
 
-__all__ = ["allowed", "move_object"]
+__all__ = ["allowed", "move_object", "require"]
 
 
 def allowed(workspace: Workspace, action: str, subjects: Sequence[Subject], site: str) -> tuple[bool, str]:
@@ -32,6 +32,24 @@ def allowed(workspace: Workspace, action: str, subjects: Sequence[Subject], site
         if not decision.allowed:
             return False, f"{decision.rule}: {decision.reason}"
     return True, ""
+
+
+def require(
+    workspace: Workspace,
+    audit: AuditLog,
+    action: str,
+    subjects: Sequence[Subject],
+    place: Place,
+    details: dict[str, Any],
+    hint: str = "",
+) -> None:
+    """Every subject allows ``action`` at ``place``: each decision audited (with ``details``), PolicyViolation at
+    the first refusal (its reason, then ``hint``)."""
+    for subject in subjects:
+        decision = evaluate(action, subject, place, rules=workspace.spec.policies)  # type: ignore[arg-type]
+        audit.record_decision(decision, details=details)
+        if not decision.allowed:
+            raise PolicyViolation(decision.reason + hint, rule=decision.rule, reason=decision.reason)
 
 
 def move_object(
@@ -51,12 +69,8 @@ def move_object(
 ) -> int:
     """Copy ``key`` from ``src_site`` to ``dst_site`` if the policies allow it; return the bytes moved."""
     audit = AuditLog(engine, workspace.state_dir)
-    place = Place.of(dst_site, workspace.site(dst_site))
-    for subject in subjects:
-        decision = evaluate(action, subject, place, rules=workspace.spec.policies)  # type: ignore[arg-type]
-        audit.record_decision(decision, details={"run": run_id, "object": what, "from": src_site})
-        if not decision.allowed:
-            raise PolicyViolation(decision.reason, rule=decision.rule, reason=decision.reason)
+    require(workspace, audit, action, subjects, Place.of(dst_site, workspace.site(dst_site)),
+            {"run": run_id, "object": what, "from": src_site})  # fmt: skip
     result = transfer(
         Endpoint(workspace.storage(src_site), key),
         Endpoint(workspace.storage(dst_site), key),

@@ -32,10 +32,10 @@ from archipel.db.engine import session_scope
 from archipel.db.orm import ModelAliasEventRow, ModelAliasRow, ModelReplicaRow, ModelRow, ModelVersionRow
 from archipel.db.types import utcnow
 from archipel.errors import Conflict, IntegrityError, NotFound, PolicyViolation, SpecError
-from archipel.executor.moves import move_object
+from archipel.executor.moves import move_object, require
 from archipel.models.gates import ClauseResult, evaluate_gate
 from archipel.policy.audit import AuditLog
-from archipel.policy.engine import Place, Subject, evaluate
+from archipel.policy.engine import Place, Subject
 from archipel.registry.card import store_drift_reference
 from archipel.registry.convert import Converted
 from archipel.services.data import get_dataset, resolve_version
@@ -274,12 +274,10 @@ def register_version(
         for d in sources
     ]
     audit = AuditLog(engine, workspace.state_dir)
-    place = Place.of(site, workspace.site(site))
-    for subject in subjects:  # the model lives at `site`: its training data must allow derived models there
-        decision = evaluate("derive_export", subject, place, rules=workspace.spec.policies)
-        audit.record_decision(decision, details={"model": name})
-        if not decision.allowed:
-            raise PolicyViolation(decision.reason, rule=decision.rule, reason=decision.reason)
+    # the model lives at `site`: its training data must allow derived models there
+    require(
+        workspace, audit, "derive_export", subjects, Place.of(site, workspace.site(site)), {"model": name}
+    )
     sha = hashlib.sha256(converted.onnx).hexdigest()
     key = f"models/{name}/{sha}.onnx"
     store = workspace.storage(site)
@@ -693,16 +691,10 @@ def export_mlflow(
     from archipel.registry.mlflow_io import write_mlflow_model
 
     version = get_version(engine, ref)
-    place = Place.of(at, workspace.site(at)) if at else OUTSIDE
     audit = AuditLog(engine, workspace.state_dir)
-    for subject in version.subjects():
-        decision = evaluate("derive_export", subject, place, rules=workspace.spec.policies)
-        audit.record_decision(decision, details={"export": str(dest)})
-        if not decision.allowed:
-            hint = (
-                "" if at else "; if the folder is on a machine of an allowed site, say which with --at SITE"
-            )
-            raise PolicyViolation(decision.reason + hint, rule=decision.rule, reason=decision.reason)
+    hint = "" if at else "; if the folder is on a machine of an allowed site, say which with --at SITE"
+    require(workspace, audit, "derive_export", version.subjects(), Place.of(at, workspace.site(at)) if at else OUTSIDE,
+            {"export": str(dest)}, hint)  # fmt: skip
     metadata = {
         "archipel_model": version.ref,
         "sha256": version.sha256,

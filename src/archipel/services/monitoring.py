@@ -179,16 +179,14 @@ def _store(workspace: Workspace, engine: Engine, audit: AuditLog, name: str, sit
         session.add(row)
         session.flush()
         view = _report_view(row)
-    reason = (
-        view["note"]
-        if verdict == "withheld"
-        else f"{view['rows']} rows; {verdict}"
-        + (
-            f": {len(view['drifted'])} of {len(view['features'])} features drifted ({', '.join(view['drifted'])})"
-            if share is not None
-            else ""
-        )
-    )
+    if verdict == "withheld":
+        reason = view["note"]
+    elif share is None:
+        reason = f"{view['rows']} rows; {verdict}"
+    else:
+        drifted = view["drifted"]
+        reason = (f"{view['rows']} rows; {verdict}: {len(drifted)} of {len(view['features'])} features drifted "
+                  f"({', '.join(drifted)})")  # fmt: skip
     audit.record(action="monitor.drift", subject=name, sites=[site], outcome=verdict, reason=reason,
                  details={"report_id": view["id"], "share_drifted": share})  # fmt: skip
     if verdict == "drift":
@@ -291,6 +289,14 @@ class LoopOutcome:
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def list_triggers(workspace: Workspace) -> list[dict[str, Any]]:
+    """The ``triggers:`` of ``archipel.yaml`` by name: alert kinds, deployment, pipeline, gate alias, rollout,
+    cooldown."""
+    return [
+        {"name": name, **trigger.model_dump()} for name, trigger in sorted(workspace.spec.triggers.items())
+    ]
 
 
 def fire_triggers(workspace: Workspace, engine: Engine, alert: dict[str, Any]) -> list[LoopOutcome]:
